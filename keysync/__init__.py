@@ -1,0 +1,1 @@
+"""keysync: the background-job backbone of the game-key shop."""

@@ -1,0 +1,5 @@
+"""Commands: ops."""
+
+from __future__ import annotations
+
+from keysync.cli import main  # noqa: F401

@@ -1,0 +1,5 @@
+"""Commands: users."""
+
+from __future__ import annotations
+
+from keysync.cli import main  # noqa: F401

@@ -1,0 +1,79 @@
+"""structlog configuration: console or JSON (LOG_FORMAT), context bound per job/request.
+
+Secrets are never passed to loggers; as a second line of defence the `_redact` processor
+masks values of keys that look like credentials, whatever the caller bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_SECRET_WORDS = (
+    "password",
+    "secret",
+    "token",
+    "authorization",
+    "api_hash",
+    "key_encrypted",
+    "game_key",
+    "smtp_url",
+    "jwt",
+)
+
+
+def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for name in event:
+        lowered = name.lower()
+        if any(word in lowered for word in _SECRET_WORDS) and name != "event":
+            event[name] = "***"
+    return event
+
+
+def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info if log_format == "json" else _noop,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in (
+        "httpx",
+        "httpcore",
+        "uvicorn.access",
+        "apscheduler.executors.default",
+        "alembic",
+    ):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _noop(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    return event

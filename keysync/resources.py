@@ -1,0 +1,74 @@
+"""Per-process resources built from settings: engine, sessions, Redis clients, cache, broker.
+
+Built once by whoever owns the process (the worker middleware at boot, the web app's
+lifespan, a CLI command) and handed to services as explicit arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import dramatiq
+import httpx
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.session import make_engine, make_session_factory
+from keysync.settings import Settings
+from services.cache import Cache, CacheOutbox, make_cache_redis
+
+
+def make_redis(url: str) -> redis.Redis:
+    """Redis for locks, progress and rate limiting: short connect timeout, no silent retries."""
+    return redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=5.0)
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    redis: redis.Redis
+    cache: Cache
+    broker: dramatiq.Broker
+    _g2a_http: httpx.Client | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        broker: dramatiq.Broker,
+        *,
+        pool_size: int = 5,
+        name: str = "keysync",
+    ) -> Resources:
+        settings.require("database_url", "redis_url")
+        engine = make_engine(settings.database_url, pool_size=pool_size, application_name=name)
+        sessions = make_session_factory(engine)
+        cache = Cache(make_cache_redis(settings.redis_url), CacheOutbox(sessions))
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            redis=make_redis(settings.redis_url),
+            cache=cache,
+            broker=broker,
+        )
+
+    def g2a_http(self) -> httpx.Client:
+        """One pooled HTTP client to the G2A API per process."""
+        if self._g2a_http is None:
+            self.settings.require("g2a_api_url")
+            self._g2a_http = httpx.Client(
+                base_url=self.settings.g2a_api_url,
+                timeout=10.0,
+                limits=httpx.Limits(max_connections=20),
+            )
+        return self._g2a_http
+
+    def close(self) -> None:
+        if self._g2a_http is not None:
+            self._g2a_http.close()
+        self.engine.dispose()
+        self.redis.close()

@@ -1,0 +1,99 @@
+"""Transactional outbox for jobs that must not be lost (fulfilment, welcome email, ...).
+
+`stage` writes the message in the same Postgres transaction as the change that needs it;
+`dispatch` hands staged messages to the broker after commit and deletes them once accepted.
+If the broker is down (or the process dies between commit and dispatch), the rows stay
+and `relay` (run by the scheduler every minute) sends them later. A message may therefore
+be delivered more than once; every actor fed through here is idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dramatiq
+import structlog
+from dramatiq import Message
+from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import JobOutbox
+
+log = structlog.get_logger(__name__)
+
+
+def stage(session: Session, actor_name: str, *args: Any, queue_name: str = "default") -> int:
+    """Inside the caller's transaction: record a message to send after commit."""
+    row_id = session.execute(
+        insert(JobOutbox)
+        .values(actor_name=actor_name, queue_name=queue_name, args=list(args))
+        .returning(JobOutbox.id)
+    ).scalar_one()
+    return int(row_id)
+
+
+def _message(actor_name: str, queue_name: str, args: Sequence[Any]) -> Message[Any]:
+    return Message(
+        queue_name=queue_name, actor_name=actor_name, args=tuple(args), kwargs={}, options={}
+    )
+
+
+def send(broker: dramatiq.Broker, actor_name: str, *args: Any, queue_name: str = "default") -> None:
+    """Enqueue directly (for jobs whose loss is acceptable or handled by the caller)."""
+    broker.enqueue(_message(actor_name, queue_name, args))
+
+
+def dispatch(sessions: sessionmaker[Session], broker: dramatiq.Broker, ids: Sequence[int]) -> int:
+    """After commit: send the staged messages `ids`; returns how many the broker accepted."""
+    sent = 0
+    for row_id in ids:
+        with sessions() as session, session.begin():
+            row = session.execute(
+                select(JobOutbox).where(JobOutbox.id == row_id).with_for_update(skip_locked=True)
+            ).scalar_one_or_none()
+            if row is None:  # already relayed by the sweeper
+                continue
+            try:
+                broker.enqueue(_message(row.actor_name, row.queue_name, row.args))
+            except Exception as exc:
+                # Leave the row for the sweeper; the caller's change is committed either way.
+                log.warning(
+                    "broker unavailable; job left in outbox",
+                    actor=row.actor_name,
+                    outbox_id=row_id,
+                    error=str(exc),
+                )
+                session.execute(
+                    update(JobOutbox)
+                    .where(JobOutbox.id == row_id)
+                    .values(attempts=JobOutbox.attempts + 1)
+                )
+                return sent
+            session.execute(delete(JobOutbox).where(JobOutbox.id == row_id))
+            sent += 1
+    return sent
+
+
+def relay(
+    sessions: sessionmaker[Session],
+    broker: dramatiq.Broker,
+    *,
+    min_age_s: float = 5,
+    limit: int = 500,
+) -> int:
+    """Sweeper: send outbox rows older than `min_age_s` (their dispatch failed or never ran)."""
+    with sessions() as session:
+        ids = session.scalars(
+            select(JobOutbox.id)
+            .where(
+                JobOutbox.created_at
+                < text("now() - make_interval(secs => :age)").bindparams(age=min_age_s)
+            )
+            .order_by(JobOutbox.id)
+            .limit(limit)
+        ).all()
+    sent = dispatch(sessions, broker, ids)
+    if ids:
+        log.info("job outbox relayed", pending=len(ids), sent=sent)
+    return sent

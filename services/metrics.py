@@ -1,0 +1,22 @@
+"""Prometheus metrics shared by every process (web, worker, scheduler).
+
+Worker processes write to PROMETHEUS_MULTIPROC_DIR when it is set, so `GET /metrics`
+on the web process can aggregate them (prometheus-client multiprocess mode).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+CACHE_REQUESTS = Counter(
+    "keysync_cache_requests_total", "Cache reads by result", ["result"]
+)  # hit | miss | bypass (degraded)
+CACHE_INVALIDATION_SECONDS = Histogram(
+    "keysync_cache_invalidation_seconds",
+    "Latency of one invalidation call",
+    ["kind"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+CACHE_INVALIDATIONS_DEFERRED = Counter(
+    "keysync_cache_invalidations_deferred_total", "Invalidations written to the outbox"
+)

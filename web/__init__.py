@@ -1,0 +1,1 @@
+"""HTTP service (`keysync serve`): FastAPI on uvicorn, thin endpoints over `services`."""

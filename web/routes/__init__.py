@@ -1,0 +1,1 @@
+"""One module per resource, each exposing `router`; `web.app` includes them all."""

@@ -1,0 +1,7 @@
+"""Endpoints: orders (CONTRACT §5)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

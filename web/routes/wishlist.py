@@ -1,0 +1,7 @@
+"""Endpoints: wishlist (CONTRACT §5)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
