@@ -3,6 +3,6 @@
 Importing this package declares every actor against the broker of `worker`.
 """
 
-from jobs import maintenance
+from jobs import accounts, catalog, maintenance, orders, webhooks
 
-__all__ = ["maintenance"]
+__all__ = ["accounts", "catalog", "maintenance", "orders", "webhooks"]

@@ -1,0 +1,3 @@
+"""Actors: accounts."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Actors: catalog."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Actors: orders."""
+
+from __future__ import annotations

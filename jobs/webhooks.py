@@ -1,0 +1,3 @@
+"""Actors: webhooks."""
+
+from __future__ import annotations
