@@ -24,16 +24,19 @@ def create_broker(url: str) -> RedisBroker:
     # A short connect timeout so that a dead broker fails an enqueue fast (callers then fall
     # back to the outbox or run inline) instead of hanging a request.
     client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=10.0)
+    # `after_*` hooks run in reverse order: metrics and logging sit before Retries so they
+    # see whether Retries gave up (`message.failed`), and resources sit last so the session
+    # is closed before anything else reports.
     middleware = [
         AgeLimit(),
         TimeLimit(time_limit=30 * 60 * 1000),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
+        MetricsMiddleware(),
+        LoggingContextMiddleware(),
         Retries(max_retries=10, min_backoff=1_000, max_backoff=5 * 60 * 1000),
         CurrentMessage(),
-        LoggingContextMiddleware(),
-        MetricsMiddleware(),
         ResourcesMiddleware(),
     ]
     return RedisBroker(client=client, middleware=middleware)

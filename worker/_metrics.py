@@ -40,7 +40,7 @@ class MetricsMiddleware(Middleware):
         if exception is None:
             JOBS.labels(message.actor_name, "processed").inc()
         else:
-            # Retries middleware runs before us and sets `failed` once retries are exhausted.
+            # Retries' after-hook has run (see the middleware order): `failed` means it gave up.
             outcome = "failed" if message.failed else "retried"
             JOBS.labels(message.actor_name, outcome).inc()
 

@@ -1,0 +1,71 @@
+"""Shared benchmark plumbing: servers (embedded unless URLs are given) and table printing."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from keysync.embedded import EmbeddedPostgres, EmbeddedRedis
+from keysync.logging import configure_logging
+
+# Benchmarks print tables; per-operation info logs would drown them (and cost time).
+configure_logging("console", os.environ.get("LOG_LEVEL", "WARNING"))
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """REDIS_URL when set, else a throwaway embedded Redis."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    with tempfile.TemporaryDirectory(prefix="keysync-bench-") as tmp:
+        server = EmbeddedRedis(Path(tmp) / "redis").start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """DATABASE_URL when set, else a throwaway embedded PostgreSQL (migrated to head)."""
+    from db.migrate import upgrade
+
+    if os.environ.get("DATABASE_URL"):
+        upgrade(os.environ["DATABASE_URL"])
+        yield os.environ["DATABASE_URL"]
+        return
+    with tempfile.TemporaryDirectory(prefix="keysync-bench-") as tmp:
+        os.chmod(tmp, 0o755)
+        server = EmbeddedPostgres(Path(tmp) / "pg").start()
+        try:
+            upgrade(server.url)
+            yield server.url
+        finally:
+            server.stop()
+
+
+def percentiles(samples_s: Sequence[float]) -> tuple[float, float, float]:
+    """p50, p95, p99 in milliseconds."""
+    ordered = sorted(samples_s)
+    if len(ordered) == 1:
+        value = ordered[0] * 1000
+        return value, value, value
+    cuts = statistics.quantiles(ordered, n=100, method="inclusive")
+    return cuts[49] * 1000, cuts[94] * 1000, cuts[98] * 1000
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right" if column != columns[0] else "left")
+    for row in rows:
+        table.add_row(*(f"{v:,.3f}" if isinstance(v, float) else str(v) for v in row))
+    Console(width=120).print(table)
