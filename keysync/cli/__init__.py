@@ -55,6 +55,6 @@ def main() -> None:
         sys.exit(EXIT_CONFIG)
 
 
-from keysync.cli import ops, processes, sync, users  # noqa: E402  (commands register on import)
+from keysync.cli import check, ops, processes, sync, users  # noqa: E402  (commands register on import)
 
-__all__ = ["main", "ops", "processes", "sync", "users"]
+__all__ = ["check", "main", "ops", "processes", "sync", "users"]
