@@ -6,7 +6,7 @@ on the web process can aggregate them (prometheus-client multiprocess mode).
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 CACHE_REQUESTS = Counter(
     "keysync_cache_requests_total", "Cache reads by result", ["result"]
@@ -19,4 +19,16 @@ CACHE_INVALIDATION_SECONDS = Histogram(
 )
 CACHE_INVALIDATIONS_DEFERRED = Counter(
     "keysync_cache_invalidations_deferred_total", "Invalidations written to the outbox"
+)
+
+SCHEDULER_TICKS = Counter(
+    "keysync_scheduler_ticks_total",
+    "Scheduler firings per job by outcome",
+    ["job", "outcome"],
+)  # fired | duplicate | standby (skipped) | lost_leadership | failed
+# livesum: in multiprocess mode the sum over live processes = leaders reporting here.
+SCHEDULER_IS_LEADER = Gauge(
+    "keysync_scheduler_leader",
+    "1 while this scheduler process holds the leader lock",
+    multiprocess_mode="livesum",
 )

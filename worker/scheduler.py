@@ -1,0 +1,131 @@
+"""The `keysync scheduler` process: APScheduler cron threads plus the leader-election loop.
+
+Every process runs the same BlockingScheduler, so each one is ready to fire on time the
+moment it becomes leader; `ScheduleRunner.fire` turns a standby's tick into a no-op and
+makes the leader's tick exactly-once (see `services.scheduling`). A separate thread runs
+the election round every `standby_interval_s`; a new leader's first round fires the tick
+missed during failover.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Sequence
+from datetime import UTC
+from types import FrameType
+
+import dramatiq
+import redis
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers import SchedulerNotRunningError
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from services.scheduling import ScheduledJob, ScheduleRunner, default_jobs
+
+log = structlog.get_logger(__name__)
+
+
+class SchedulerProcess:
+    def __init__(self, runner: ScheduleRunner) -> None:
+        self.runner = runner
+        self._stopping = threading.Event()
+        self._aps = BlockingScheduler(
+            timezone=UTC,
+            # One thread per job: a slow Redis call for one job never delays another's tick.
+            executors={"default": ThreadPoolExecutor(max(len(runner.jobs), 1))},
+            job_defaults={"coalesce": True, "max_instances": 1},
+        )
+        for job in runner.jobs:
+            self._aps.add_job(
+                runner.fire,
+                trigger=job.trigger,
+                args=[job.name],
+                id=job.name,
+                name=f"{job.name} -> {job.actor}",
+                # APScheduler's own misfire handling only covers this process; missed
+                # ticks across processes are the runner's sweep's job.
+                misfire_grace_time=max(1, int(job.grace_s)),
+            )
+
+    def _elect_loop(self) -> None:
+        while not self._stopping.is_set():
+            self.runner.step()
+            self._stopping.wait(self.runner.standby_interval_s)
+        # stop() may have run before the scheduler had started; make sure run() returns.
+        with contextlib.suppress(SchedulerNotRunningError):
+            self._aps.shutdown(wait=False)
+
+    def run(self) -> None:
+        """Block until `stop()` (or SIGTERM/SIGINT when installed by `main`)."""
+        self.runner.log.info(
+            "scheduler starting",
+            jobs={job.name: str(job.trigger) for job in self.runner.jobs},
+        )
+        elector = threading.Thread(target=self._elect_loop, name="scheduler-elect", daemon=True)
+        elector.start()
+        try:
+            self._aps.start()  # blocks until shutdown()
+        finally:
+            self._stopping.set()
+            elector.join(timeout=5)
+            self.runner.step_down()
+            self.runner.log.info("scheduler stopped")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with contextlib.suppress(SchedulerNotRunningError):
+            self._aps.shutdown(wait=False)
+
+
+def build(
+    client: redis.Redis,
+    broker: dramatiq.Broker,
+    jobs: Sequence[ScheduledJob],
+    *,
+    leader_ttl_ms: int = 10_000,
+    standby_interval_s: float = 2.0,
+    identity: str | None = None,
+) -> SchedulerProcess:
+    runner = ScheduleRunner(
+        client,
+        broker,
+        jobs,
+        leader_ttl_ms=leader_ttl_ms,
+        standby_interval_s=standby_interval_s,
+    )
+    if identity is not None:
+        runner.identity = identity
+        runner.log = runner.log.bind(scheduler=identity)
+    return SchedulerProcess(runner)
+
+
+def main(
+    client: redis.Redis,
+    broker: dramatiq.Broker,
+    jobs: Sequence[ScheduledJob] | None = None,
+    *,
+    sync_cron: str = "0 2,14 * * *",
+    stock_check_cron: str = "*/15 * * * *",
+    leader_ttl_ms: int = 10_000,
+    standby_interval_s: float = 2.0,
+) -> None:
+    """Run in the foreground until SIGTERM/SIGINT; releases leadership on the way out."""
+    process = build(
+        client,
+        broker,
+        jobs or default_jobs(sync_cron, stock_check_cron),
+        leader_ttl_ms=leader_ttl_ms,
+        standby_interval_s=standby_interval_s,
+    )
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        log.info("scheduler stopping", signal=signal.Signals(signum).name)
+        # shutdown() takes APScheduler's locks: not from inside a signal handler.
+        threading.Thread(target=process.stop, name="scheduler-stop").start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    process.run()
