@@ -1,0 +1,293 @@
+"""Scheduler: exactly one enqueue per tick across several schedulers, failover, catch-up.
+
+The in-process tests drive `ScheduleRunner` with an injected clock; the end-to-end test
+runs three real scheduler processes (second-level cron, short lock TTL) against one
+Redis, kills the leader with SIGKILL and checks the broker's queue tick by tick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from apscheduler.triggers.cron import CronTrigger
+
+from services.locks import SCHEDULER_LOCK
+from services.scheduling import (
+    STATE_KEY,
+    Outcome,
+    ScheduledJob,
+    ScheduleRunner,
+    default_jobs,
+    latest_due_tick,
+    read_state,
+)
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+EVERY_10S = CronTrigger(second="*/10", timezone=UTC)
+
+
+class FakeClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def queued(redis_client: Any, queue: str = "default") -> list[dict[str, Any]]:
+    """Every message waiting in the broker's queue (dramatiq's Redis layout)."""
+    raw = redis_client.hgetall(f"dramatiq:{queue}.msgs")
+    return [json.loads(value) for value in raw.values()]
+
+
+def ticks_of(messages: list[dict[str, Any]], actor: str) -> list[str]:
+    return sorted(m["options"]["scheduled_tick"] for m in messages if m["actor_name"] == actor)
+
+
+def runner(redis_client: Any, broker: Any, clock: FakeClock, name: str) -> ScheduleRunner:
+    job = ScheduledJob("probe", "sched_probe", EVERY_10S, ("x",), grace_s=10)
+    return ScheduleRunner(redis_client, broker, [job], identity=name, clock=clock)
+
+
+def test_latest_due_tick_walks_the_cron_in_utc() -> None:
+    assert latest_due_tick(EVERY_10S, T0 + timedelta(seconds=25), T0) == T0 + timedelta(seconds=20)
+    assert latest_due_tick(EVERY_10S, T0 + timedelta(seconds=20), T0) == T0 + timedelta(seconds=20)
+    # `after` is exclusive: the tick at T0 is not "due after T0".
+    assert latest_due_tick(EVERY_10S, T0 + timedelta(seconds=5), T0) is None
+    twice_a_day = CronTrigger.from_crontab("0 2,14 * * *", timezone=UTC)
+    assert latest_due_tick(twice_a_day, T0, T0 - timedelta(hours=11)) == T0.replace(hour=2)
+
+
+def test_default_schedule_names_the_actors_and_full_scheduled_syncs() -> None:
+    jobs = {job.name: job for job in default_jobs("0 2,14 * * *", "*/15 * * * *")}
+    assert set(jobs) == {
+        "catalog_sync",
+        "stock_check",
+        "poll_order_status",
+        "sweep_webhook_events",
+        "relay_job_outbox",
+        "replay_cache_outbox",
+    }
+    assert jobs["catalog_sync"].args == (True,)
+    assert jobs["catalog_sync"].trigger.get_next_fire_time(None, T0) == T0.replace(hour=14)
+    assert jobs["replay_cache_outbox"].trigger.get_next_fire_time(
+        None, T0 + timedelta(seconds=1)
+    ) == T0 + timedelta(seconds=10)
+
+
+def test_only_the_leader_fires_and_each_tick_once(redis_client: Any, broker: Any) -> None:
+    clock = FakeClock(T0 + timedelta(seconds=1))
+    a, b = runner(redis_client, broker, clock, "a"), runner(redis_client, broker, clock, "b")
+    try:
+        a.step()  # leader; its first sweep fires the tick at T0 (within grace)
+        b.step()
+        assert a.is_leader and not b.is_leader
+        assert b.fire("probe") is Outcome.STANDBY
+        assert a.fire("probe") is Outcome.NOTHING_DUE
+
+        # A second firing path that does not know the tick was fired (another thread, a
+        # restarted leader) is refused by Redis, not by local memory.
+        a._fired.clear()
+        assert a.fire("probe") is Outcome.DUPLICATE
+
+        clock.advance(10)
+        assert a.fire("probe") is Outcome.FIRED
+        assert ticks_of(queued(redis_client), "sched_probe") == [
+            "2026-01-01T12:00:00Z",
+            "2026-01-01T12:00:10Z",
+        ]
+        a.step()
+        state = read_state(redis_client, now=clock())
+        assert state["leader"] == "a" and state["schedulers"] == ["a", "b"]
+        assert state["jobs"]["probe"]["next_fire"] == (T0 + timedelta(seconds=20)).isoformat()
+    finally:
+        a.step_down()
+        b.step_down()
+
+
+def test_a_leader_whose_lock_expired_cannot_fire(redis_client: Any, broker: Any) -> None:
+    clock = FakeClock(T0 + timedelta(seconds=1))
+    a, b = runner(redis_client, broker, clock, "a"), runner(redis_client, broker, clock, "b")
+    try:
+        a.step()
+        redis_client.delete(SCHEDULER_LOCK)  # a paused past its TTL...
+        b.step()  # ...and b took over
+        assert b.is_leader
+        clock.advance(10)
+        # a still believes it leads until it tries: Redis refuses the claim.
+        assert a.fire("probe") is Outcome.LOST_LEADERSHIP
+        assert not a.is_leader
+        assert b.fire("probe") is Outcome.FIRED
+        assert ticks_of(queued(redis_client), "sched_probe") == [
+            "2026-01-01T12:00:00Z",
+            "2026-01-01T12:00:10Z",
+        ]
+    finally:
+        a.step_down()
+        b.step_down()
+
+
+def test_takeover_fires_the_missed_tick_once_and_stale_ticks_never(
+    redis_client: Any, broker: Any
+) -> None:
+    clock = FakeClock(T0 + timedelta(seconds=1))
+    a, b = runner(redis_client, broker, clock, "a"), runner(redis_client, broker, clock, "b")
+    try:
+        a.step()  # fires T0
+        redis_client.delete(SCHEDULER_LOCK)  # a died; its lock expired
+        clock.advance(12)  # the tick at T0+10 passed with nobody leading
+        b.step()  # takeover: the sweep fires T0+10 late, once
+        b.step()
+        assert ticks_of(queued(redis_client), "sched_probe") == [
+            "2026-01-01T12:00:00Z",
+            "2026-01-01T12:00:10Z",
+        ]
+        b.step_down()
+        clock.advance(60)  # everybody down for a minute: missed ticks past grace are dropped
+        c = runner(redis_client, broker, clock, "c")
+        clock.advance(0.5)
+        c.step()
+        assert ticks_of(queued(redis_client), "sched_probe")[-1] == "2026-01-01T12:01:10Z"
+        assert len(queued(redis_client)) == 3
+        c.step_down()
+    finally:
+        a.step_down()
+        b.step_down()
+
+
+def test_a_broker_failure_gives_the_tick_back(redis_client: Any, dead_redis_url: str) -> None:
+    from worker._broker import create_broker
+
+    clock = FakeClock(T0 + timedelta(seconds=1))
+    dead = runner(redis_client, create_broker(dead_redis_url), clock, "a")
+    try:
+        dead.step()  # leads; its sweep's enqueue fails
+        assert dead.is_leader
+        assert dead.fire("probe") is Outcome.FAILED  # still due: retried, fails again
+        # The failed tick was rolled back: no dedupe key, no high-water mark.
+        assert redis_client.get("sched:probe:last") is None
+        assert redis_client.get("sched:probe:2026-01-01T12:00:00Z") is None
+    finally:
+        dead.step_down()
+
+
+# --- three real scheduler processes --------------------------------------------------------
+
+SCRIPT = """
+from datetime import UTC
+from apscheduler.triggers.cron import CronTrigger
+from keysync.logging import configure_logging
+from keysync.resources import make_redis
+from keysync.settings import get_settings
+from services.scheduling import ScheduledJob
+from worker import broker
+from worker.scheduler import main
+
+configure_logging("console", "INFO")
+jobs = [
+    ScheduledJob("every2", "probe_every2", CronTrigger(second="*/2", timezone=UTC), (), 2),
+    ScheduledJob("every3", "probe_every3", CronTrigger(second="*/3", timezone=UTC), (), 3),
+]
+main(make_redis(get_settings().redis_url), broker, jobs, leader_ttl_ms=1000,
+     standby_interval_s=0.15)
+"""
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tick(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _assert_each_tick_once(ticks: list[str], period_s: int) -> None:
+    counts = Counter(ticks)
+    assert all(n == 1 for n in counts.values()), f"double-enqueued: {counts}"
+    times = [_tick(t) for t in sorted(counts)]
+    gaps = {(later - earlier).total_seconds() for earlier, later in pairwise(times)}
+    assert gaps == {period_s}, f"missing ticks: {sorted(counts)}"
+
+
+def test_three_processes_fire_each_tick_once_across_a_leader_kill(redis_client: Any) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SCRIPT],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        for _ in range(3)
+    ]
+    by_pid = {p.pid: p for p in procs}
+    try:
+        deadline = time.monotonic() + 20
+        leader_pid = None
+        while leader_pid is None:
+            assert time.monotonic() < deadline, "no scheduler became leader"
+            raw = redis_client.get(STATE_KEY)
+            if raw:
+                leader_pid = int(json.loads(raw)["leader"].rsplit(":", 1)[1])
+            time.sleep(0.05)
+        time.sleep(3)  # a few ticks under the first leader
+
+        # Kill the leader 0.25 s before an even second: its lock outlives that tick, so the
+        # tick can only be fired by the new leader's takeover sweep.
+        now = time.time()
+        next_even = (int(now) // 2 + 1) * 2
+        if next_even - now < 0.5:
+            next_even += 2
+        time.sleep(next_even - now - 0.25)
+        killed_at = time.time()
+        by_pid[leader_pid].send_signal(signal.SIGKILL)
+        by_pid[leader_pid].wait()
+
+        new_leader = None
+        while new_leader is None or new_leader == leader_pid:
+            assert time.time() - killed_at < 15, "no takeover within 15 s"
+            raw = redis_client.get(STATE_KEY)
+            new_leader = int(json.loads(raw)["leader"].rsplit(":", 1)[1]) if raw else None
+            time.sleep(0.05)
+        takeover_s = time.time() - killed_at
+        time.sleep(4.5)  # more ticks under the new leader
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    survivors = [p for p in procs if p.pid != leader_pid]
+    assert all(p.returncode == 0 for p in survivors), [
+        p.stderr.read().decode()[-2000:] for p in survivors if p.stderr
+    ]
+    assert takeover_s < 15
+
+    messages = queued(redis_client)
+    _assert_each_tick_once(ticks_of(messages, "probe_every2"), 2)
+    _assert_each_tick_once(ticks_of(messages, "probe_every3"), 3)
+
+    # The tick due 0.25 s after the kill was fired exactly once, late, by the new leader.
+    missed = datetime.fromtimestamp(next_even, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fired = [m for m in messages if m["options"]["scheduled_tick"] == missed
+             and m["actor_name"] == "probe_every2"]
+    assert len(fired) == 1
+    assert fired[0]["options"]["scheduler"].endswith(f":{new_leader}")
+    ticks = ticks_of(messages, "probe_every2")
+    assert ticks[0] < missed < ticks[-1]
+    assert not redis_client.exists(SCHEDULER_LOCK)  # the survivors released it on SIGTERM
