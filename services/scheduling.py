@@ -371,9 +371,7 @@ def read_state(client: redis.Redis, *, now: datetime | None = None) -> dict[str,
     holder = client.get(SCHEDULER_LOCK)
     current = (now or utc_now()).timestamp()
     members: Mapping[Any, Any] = client.hgetall(MEMBERS_KEY)
-    live = sorted(
-        _text(name) for name, seen in members.items() if current - float(seen) < 30
-    )
+    live = sorted(_text(name) for name, seen in members.items() if current - float(seen) < 30)
     return {
         "leader": state.get("leader") if holder else None,
         "leader_since": state.get("since") if holder else None,

@@ -10,6 +10,7 @@ missed during failover.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Sequence
@@ -30,6 +31,11 @@ log = structlog.get_logger(__name__)
 
 class SchedulerProcess:
     def __init__(self, runner: ScheduleRunner) -> None:
+        # APScheduler logs every job add and run at INFO; our own lines ("scheduler
+        # starting" with the schedule, "tick fired") say the same with more context.
+        logging.getLogger("apscheduler").setLevel(
+            max(logging.WARNING, logging.getLogger().level)
+        )
         self.runner = runner
         self._stopping = threading.Event()
         self._aps = BlockingScheduler(
