@@ -121,16 +121,17 @@ def _migrate_cart(
     if available:
         # Lock the user's lines we are about to merge into, so the counts we report match
         # what the upsert does even if the user edits the cart concurrently.
-        existing = dict(
-            session.execute(
+        existing = {
+            row.game_id: row.quantity
+            for row in session.execute(
                 select(CartItem.game_id, CartItem.quantity)
                 .where(
                     CartItem.user_id == user_id,
                     CartItem.game_id.in_([row.game_id for row in available]),
                 )
                 .with_for_update()
-            ).tuples()
-        )
+            )
+        }
         for row in available:
             wanted = existing.get(row.game_id, 0) + row.quantity
             if row.game_id in existing:
