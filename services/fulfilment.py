@@ -1,0 +1,351 @@
+"""Fulfilment: buy one G2A key per ordered unit, exactly once, across retries and crashes.
+
+Each unit of each order item has at most one `g2a_purchases` row (unique on
+`(order_item_id, unit_index)`) and walks CREATED -> PAID -> DELIVERED, one committed step
+per G2A call:
+
+1. no row: `POST /v1/order`, then INSERT the row (CREATED, g2a_order_id) and commit;
+2. CREATED: `PUT /v1/order/pay/{id}` (idempotent at G2A), mark PAID, commit;
+3. PAID: `GET /v1/order/key/{id}`, encrypt (Fernet, KEY_ENCRYPTION_KEY), DELIVERED, commit.
+
+A retry re-reads the row and continues from its state, so a unit never gets a second G2A
+order once its row exists and is never paid twice (pay is only ever called for the stored
+`g2a_order_id`). Every step runs in a transaction that holds the order's row lock across the
+G2A call. That lock is the per-order mutex shared with `order_status.apply`: two deliveries
+of the same message cannot both create an order for one unit, and a FAILED/CANCELLED (with
+its refund) cannot slip in between our status check and a payment, so we never pay for an
+order that has been refunded.
+
+Crash windows (see docs/orders.md):
+- between `POST /v1/order` and our commit: the G2A order exists but we have no row. We
+  accept an orphan *unpaid* G2A order (it costs nothing) and create a fresh one on retry; we
+  never pay an order we have no row for.
+- between pay and our commit: the row is still CREATED; the retry pays again, which G2A
+  answers with the same transaction (idempotent), then marks PAID.
+- between receiving the key and our commit: G2A hands a key out once, so the retry gets
+  ORD04. The unit becomes KEY_LOST, an operator alert is logged (the key must be recovered
+  through G2A support) and the order FAILS with a refund: the customer is never left paying
+  for a key they cannot see. No retry loop.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import NoReturn
+
+import dramatiq
+import structlog
+from cryptography.fernet import Fernet
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import G2APurchase, G2APurchaseStatus, Game, Order, OrderItem, OrderStatus
+from services import job_outbox, order_status, webhooks
+from services.cache import Cache
+from services.g2a import (
+    G2AAuthError,
+    G2ABadRequest,
+    G2AClient,
+    G2AError,
+    G2AInsufficientFunds,
+    G2AKeyAlreadyDownloaded,
+    G2AOrderNotFound,
+    G2APaymentNotReady,
+)
+
+log = structlog.get_logger(__name__)
+
+# G2A refusals that no retry can fix: out of stock (ORD01), price above our max (ORD05),
+# unknown product (BR01), not enough funds on the account (ORD112).
+_UNRECOVERABLE = (G2ABadRequest, G2AInsufficientFunds, G2AOrderNotFound)
+
+
+class Outcome(enum.StrEnum):
+    COMPLETED = "completed"  # every key stored, order COMPLETED
+    FAILED = "failed"  # order FAILED (refunded)
+    PENDING = "pending"  # waiting on G2A (key not ready, G2A unavailable): retry later
+    SKIPPED = "skipped"  # nothing to do (unknown, refunded, or already complete)
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    item_id: int
+    unit_index: int
+    product_id: str
+    max_price: Decimal  # what the customer paid for this unit: never buy above it
+
+
+@dataclass
+class FulfilmentResult:
+    order_id: uuid.UUID
+    outcome: Outcome
+    reason: str = ""
+    transitions: list[order_status.Transition] = field(default_factory=list)
+
+
+class _Stop(Exception):
+    """Ends the run with `outcome` after the current transaction commits."""
+
+    def __init__(self, outcome: Outcome, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+@dataclass
+class Fulfiller:
+    sessions: sessionmaker[Session]
+    g2a: G2AClient
+    cache: Cache
+    broker: dramatiq.Broker
+    key_encryption_key: str
+    currency: str = "EUR"
+
+    def run(self, order_id: uuid.UUID) -> FulfilmentResult:
+        with structlog.contextvars.bound_contextvars(order_id=str(order_id)):
+            result = FulfilmentResult(order_id, Outcome.PENDING)
+            try:
+                units = self._start(result)
+                for unit in units:
+                    self._deliver_unit(unit, result)
+                self._finish(result)
+            except _Stop as stop:
+                result.outcome, result.reason = stop.outcome, stop.reason
+            log.info("fulfilment run ended", outcome=result.outcome.value, reason=result.reason)
+            return result
+
+    # --- transactions ------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self, result: FulfilmentResult) -> Iterator[tuple[Session, Order]]:
+        """A transaction holding the order row lock; transitions made inside it are
+        invalidated and orphan webhooks dispatched after the commit."""
+        outbox_ids: list[int] = []
+        before = len(result.transitions)
+        stop: _StopAfterCommit | None = None
+        with self.sessions() as session, session.begin():
+            order = order_status.lock_order(session, result.order_id)
+            if order is None:
+                raise _Stop(Outcome.SKIPPED, "order not found")
+            session.info["outbox_ids"] = outbox_ids
+            try:
+                yield session, order
+            except _StopAfterCommit as exc:
+                stop = exc  # commit the failure (row state, refund), then stop
+        if outbox_ids:
+            job_outbox.dispatch(self.sessions, self.broker, outbox_ids)
+        for transition in result.transitions[before:]:
+            if transition.changed:
+                self.cache.invalidate(transition.cache_keys)
+        if stop is not None:
+            raise stop
+
+    def _transition(
+        self, session: Session, order: Order, target: OrderStatus, result: FulfilmentResult
+    ) -> order_status.Transition:
+        transition = order_status.apply(
+            session, order.id, target, source="fulfilment", order=order
+        )
+        assert transition is not None  # the order is locked, so it exists
+        result.transitions.append(transition)
+        return transition
+
+    def _start(self, result: FulfilmentResult) -> list[Unit]:
+        with self._locked(result) as (session, order):
+            if order.status in order_status.REFUNDING:
+                raise _Stop(Outcome.SKIPPED, f"order is {order.status.value}")
+            if order.status is OrderStatus.PENDING:
+                self._transition(session, order, OrderStatus.PROCESSING, result)
+            elif (
+                order.status is OrderStatus.COMPLETED
+                and order_status.undelivered_units(session, order.id) == 0
+            ):
+                raise _Stop(Outcome.SKIPPED, "order already completed")
+            rows = session.execute(
+                select(OrderItem.id, OrderItem.quantity, OrderItem.unit_price, Game.g2a_product_id)
+                .join(Game, Game.id == OrderItem.game_id)
+                .where(OrderItem.order_id == order.id)
+                .order_by(OrderItem.id)
+            ).all()
+        return [
+            Unit(item_id, index, product_id, Decimal(unit_price))
+            for item_id, quantity, unit_price, product_id in rows
+            for index in range(quantity)
+        ]
+
+    def _finish(self, result: FulfilmentResult) -> None:
+        with self._locked(result) as (session, order):
+            if order.status in order_status.REFUNDING:
+                raise _Stop(Outcome.FAILED, f"order is {order.status.value}")
+            transition = self._transition(session, order, OrderStatus.COMPLETED, result)
+            if transition.needs_fulfilment:  # a unit is not DELIVERED yet
+                raise _Stop(Outcome.PENDING, "keys missing")
+            result.outcome = Outcome.COMPLETED
+
+    # --- one unit ----------------------------------------------------------------------
+
+    def _deliver_unit(self, unit: Unit, result: FulfilmentResult) -> None:
+        # At most three committed steps (create, pay, key); each re-reads the stored state.
+        for _ in range(4):
+            with self._locked(result) as (session, order):
+                if order.status in order_status.REFUNDING:
+                    raise _Stop(Outcome.FAILED, f"order is {order.status.value}")
+                row = session.execute(
+                    select(G2APurchase).where(
+                        G2APurchase.order_item_id == unit.item_id,
+                        G2APurchase.unit_index == unit.unit_index,
+                    )
+                ).scalar_one_or_none()
+                if row is not None and row.status is G2APurchaseStatus.DELIVERED:
+                    return
+                self._step(session, order, unit, row, result)
+        raise RuntimeError("unit did not settle in three steps")  # unreachable by design
+
+    def _step(
+        self,
+        session: Session,
+        order: Order,
+        unit: Unit,
+        row: G2APurchase | None,
+        result: FulfilmentResult,
+    ) -> None:
+        bound = log.bind(order_item_id=unit.item_id, unit_index=unit.unit_index)
+        if row is None:
+            self._create(session, order, unit, result, bound)
+        elif row.status is G2APurchaseStatus.CREATED:
+            self._pay(session, order, row, result, bound)
+        elif row.status is G2APurchaseStatus.PAID:
+            self._fetch_key(session, order, row, result, bound)
+        else:  # FAILED or KEY_LOST: the order was failed with it, in the same transaction
+            self._fail(session, order, result, f"unit is {row.status.value}")
+
+    def _create(
+        self,
+        session: Session,
+        order: Order,
+        unit: Unit,
+        result: FulfilmentResult,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        try:
+            created = self.g2a.create_order(
+                unit.product_id, max_price=unit.max_price, currency=self.currency
+            )
+        except _UNRECOVERABLE as exc:
+            bound.warning("g2a refused the order", error_code=exc.code)
+            session.add(
+                G2APurchase(
+                    order_item_id=unit.item_id,
+                    unit_index=unit.unit_index,
+                    status=G2APurchaseStatus.FAILED,
+                    last_error=str(exc),
+                )
+            )
+            self._fail(session, order, result, f"g2a create_order: {exc.code}")
+        except G2AError as exc:
+            # Unknown outcome (timeout) included: at worst G2A holds an unpaid orphan order,
+            # which costs nothing; we only ever pay orders we stored.
+            self._pending(exc, bound, "create_order")
+        session.add(
+            G2APurchase(
+                order_item_id=unit.item_id,
+                unit_index=unit.unit_index,
+                g2a_order_id=created.order_id,
+                status=G2APurchaseStatus.CREATED,
+                price=created.price,
+            )
+        )
+        session.flush()
+        # A G2A webhook may have beaten this commit; apply it now that the order is known.
+        session.info["outbox_ids"].extend(
+            webhooks.stage_orphans(session, g2a_order_id=created.order_id)
+        )
+        bound.info("g2a order created", g2a_order_id=created.order_id, price=str(created.price))
+
+    def _pay(
+        self,
+        session: Session,
+        order: Order,
+        row: G2APurchase,
+        result: FulfilmentResult,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        assert row.g2a_order_id is not None
+        try:
+            payment = self.g2a.pay_order(row.g2a_order_id)
+        except _UNRECOVERABLE as exc:
+            bound.warning("g2a refused the payment", error_code=exc.code)
+            row.status = G2APurchaseStatus.FAILED
+            row.last_error = str(exc)
+            row.updated_at = func.now()
+            self._fail(session, order, result, f"g2a pay_order: {exc.code}")
+        except G2AError as exc:
+            self._pending(exc, bound, "pay_order")
+        row.status = G2APurchaseStatus.PAID
+        row.transaction_id = payment.transaction_id
+        row.updated_at = func.now()
+        bound.info("g2a order paid", g2a_order_id=row.g2a_order_id)
+
+    def _fetch_key(
+        self,
+        session: Session,
+        order: Order,
+        row: G2APurchase,
+        result: FulfilmentResult,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        assert row.g2a_order_id is not None
+        try:
+            key = self.g2a.get_key(row.g2a_order_id)
+        except G2AKeyAlreadyDownloaded as exc:
+            # Paid, and G2A says the key went out already, but we never stored it (a crash
+            # or a lost response). Retrying cannot bring it back: alert, and refund the
+            # customer instead of leaving the order hanging.
+            bound.error(
+                "ALERT paid g2a key lost (already downloaded); recover it via G2A support",
+                g2a_order_id=row.g2a_order_id,
+                alert="g2a_key_lost",
+            )
+            row.status = G2APurchaseStatus.KEY_LOST
+            row.last_error = str(exc)
+            row.updated_at = func.now()
+            self._fail(session, order, result, "g2a key already downloaded")
+        except G2AError as exc:
+            self._pending(exc, bound, "get_key")
+        row.key_encrypted = Fernet(self.key_encryption_key.encode()).encrypt(key.encode())
+        row.status = G2APurchaseStatus.DELIVERED
+        row.last_error = None
+        row.updated_at = func.now()
+        bound.info("g2a key stored", g2a_order_id=row.g2a_order_id)
+
+    # --- outcomes ----------------------------------------------------------------------
+
+    def _fail(
+        self, session: Session, order: Order, result: FulfilmentResult, reason: str
+    ) -> NoReturn:
+        """FAIL the order (refund exactly once) in this transaction, then stop the run."""
+        transition = self._transition(session, order, OrderStatus.FAILED, result)
+        if not transition.changed and order.status is OrderStatus.COMPLETED:
+            log.error("ALERT order completed by webhook but a unit failed", reason=reason,
+                      alert="completed_order_unit_failed")
+        raise _StopAfterCommit(Outcome.FAILED, reason)
+
+    @staticmethod
+    def _pending(
+        exc: G2AError, bound: structlog.typing.FilteringBoundLogger, call: str
+    ) -> NoReturn:
+        level = bound.error if isinstance(exc, G2AAuthError) else bound.info
+        if isinstance(exc, G2APaymentNotReady):
+            level("g2a key not ready yet", call=call)
+        else:
+            level("g2a call failed; will retry", call=call, error_code=exc.code)
+        raise _Stop(Outcome.PENDING, f"{call}: {exc.code}")
+
+
+class _StopAfterCommit(_Stop):
+    """Like _Stop, but the transaction's writes (failed row, refund) must be kept."""

@@ -1,0 +1,141 @@
+"""The status poller: the real G2A Export API pushes nothing, so we ask.
+
+Every run looks at orders that should be moving but have been quiet for `min_age_s`:
+- PENDING orders (their fulfilment job was lost after leaving the outbox, e.g. a worker
+  killed mid-message): fulfilment is queued;
+- PROCESSING orders: for each CREATED/PAID G2A purchase, `GET /v1/order/details` tells
+  whether G2A is done. A paid-and-complete order (key ready), an unpaid order (we stopped
+  before paying) or a unit with no purchase yet all mean "resume": fulfilment is queued.
+
+Resuming goes through the same idempotent `fulfil_order` job (and, through it, the same
+`order_status.apply`) as webhooks, so the poller cannot do anything a duplicate webhook
+could not. A "pending" answer (paid, key not ready) needs nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import dramatiq
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import G2APurchase, G2APurchaseStatus, Order, OrderItem, OrderStatus
+from services import job_outbox
+from services.g2a import G2AClient, G2AError, G2AOrderNotFound
+
+log = structlog.get_logger(__name__)
+
+FULFIL_ACTOR = "fulfil_order"
+
+
+@dataclass
+class PollResult:
+    checked_orders: int = 0
+    details_calls: int = 0
+    resumed: list[uuid.UUID] = field(default_factory=list)
+    errors: int = 0
+
+
+def _age_cutoff(min_age_s: float) -> object:
+    return func.now() - func.make_interval(0, 0, 0, 0, 0, 0, min_age_s)
+
+
+def poll_order_status(
+    sessions: sessionmaker[Session],
+    g2a: G2AClient,
+    broker: dramatiq.Broker,
+    *,
+    min_age_s: float = 60,
+    limit: int = 100,
+) -> PollResult:
+    result = PollResult()
+    cutoff = _age_cutoff(min_age_s)
+    with sessions() as session, session.begin():
+        stale = session.execute(
+            select(Order.id, Order.status)
+            .where(
+                Order.status.in_([OrderStatus.PENDING, OrderStatus.PROCESSING]),
+                Order.updated_at < cutoff,
+            )
+            .order_by(Order.updated_at)
+            .limit(limit)
+        ).all()
+        units = dict(
+            session.execute(
+                select(OrderItem.order_id, func.sum(OrderItem.quantity))
+                .where(OrderItem.order_id.in_([oid for oid, _ in stale]))
+                .group_by(OrderItem.order_id)
+            ).tuples().all()
+        )
+        purchases = session.execute(
+            select(OrderItem.order_id, G2APurchase.g2a_order_id, G2APurchase.status)
+            .join(OrderItem, OrderItem.id == G2APurchase.order_item_id)
+            .where(OrderItem.order_id.in_([oid for oid, _ in stale]))
+        ).all()
+    by_order: dict[uuid.UUID, list[tuple[str | None, G2APurchaseStatus]]] = {}
+    for order_id, g2a_order_id, unit_status in purchases:
+        by_order.setdefault(order_id, []).append((g2a_order_id, unit_status))
+
+    for order_id, status in stale:
+        result.checked_orders += 1
+        rows = by_order.get(order_id, [])
+        bound = log.bind(order_id=str(order_id))
+        if status is OrderStatus.PENDING or len(rows) < int(units.get(order_id, 0)):
+            reason = "pending order" if status is OrderStatus.PENDING else "units not ordered"
+        else:
+            reason = _check_g2a(g2a, rows, result, bound)
+        if reason:
+            bound.info("poller resumes fulfilment", reason=reason)
+            result.resumed.append(order_id)
+
+    if result.resumed:
+        with sessions() as session, session.begin():
+            outbox_ids = [
+                job_outbox.stage(session, FULFIL_ACTOR, str(oid)) for oid in result.resumed
+            ]
+        job_outbox.dispatch(sessions, broker, outbox_ids)
+    if result.checked_orders:
+        log.info(
+            "order status poll",
+            checked=result.checked_orders,
+            details_calls=result.details_calls,
+            resumed=len(result.resumed),
+            errors=result.errors,
+        )
+    return result
+
+
+def _check_g2a(
+    g2a: G2AClient,
+    rows: list[tuple[str | None, G2APurchaseStatus]],
+    result: PollResult,
+    bound: structlog.typing.FilteringBoundLogger,
+) -> str:
+    """Why fulfilment should resume for this PROCESSING order, or "" to leave it alone."""
+    for g2a_order_id, status in rows:
+        if status not in (G2APurchaseStatus.CREATED, G2APurchaseStatus.PAID):
+            continue
+        if g2a_order_id is None:
+            continue
+        try:
+            result.details_calls += 1
+            details = g2a.order_details(g2a_order_id)
+        except G2AOrderNotFound:
+            bound.warning("g2a does not know a stored order", g2a_order_id=g2a_order_id)
+            result.errors += 1
+            continue
+        except G2AError as exc:
+            bound.info("g2a details failed; next poll", error_code=exc.code)
+            result.errors += 1
+            continue
+        g2a_status = details.status.lower()
+        if status is G2APurchaseStatus.CREATED:
+            # Unpaid on our side: either G2A says "new" (we stopped before paying) or it
+            # was paid and we died before recording it; paying again is idempotent.
+            return f"created unit, g2a says {g2a_status}"
+        if g2a_status == "complete":
+            return "key ready"
+    return ""
