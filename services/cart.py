@@ -11,6 +11,7 @@ Rules:
 from __future__ import annotations
 
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -117,17 +118,27 @@ def load_game(session: Session, game_id: uuid.UUID, *, require_stock: bool = Tru
     return game
 
 
+def read_transaction(session: Session) -> AbstractContextManager[object]:
+    """A short read transaction, or the caller's if one is open.
+
+    Ending it right after the read hands the connection back to the pool and lets the same
+    session run a write transaction next (a lingering autobegun one would refuse `begin()`).
+    """
+    return nullcontext() if session.in_transaction() else session.begin()
+
+
 def get_cart(session: Session, cache: Cache, owner: Owner) -> Any:
     """`{items: [{game_id, quantity, name, price, available}], total}` (JSON form)."""
 
     def load() -> dict[str, Any]:
-        rows = session.execute(
-            select(CartItem.game_id, CartItem.quantity, Game.name, Game.price,
-                   Game.is_active, Game.in_stock)
-            .join(Game, Game.id == CartItem.game_id)
-            .where(owner.where(CartItem))
-            .order_by(CartItem.created_at, CartItem.id)
-        ).all()
+        with read_transaction(session):
+            rows = session.execute(
+                select(CartItem.game_id, CartItem.quantity, Game.name, Game.price,
+                       Game.is_active, Game.in_stock)
+                .join(Game, Game.id == CartItem.game_id)
+                .where(owner.where(CartItem))
+                .order_by(CartItem.created_at, CartItem.id)
+            ).all()
         items = [
             {
                 "game_id": row.game_id,

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Game, WishlistItem
 from services.cache import Cache
-from services.cart import Owner, load_game
+from services.cart import Owner, load_game, read_transaction
 
 log = structlog.get_logger(__name__)
 
@@ -26,12 +26,14 @@ def get_wishlist(session: Session, cache: Cache, owner: Owner) -> Any:
     """`{items: [{game_id, name, price, in_stock, is_active}]}` (JSON form)."""
 
     def load() -> dict[str, Any]:
-        rows = session.execute(
-            select(WishlistItem.game_id, Game.name, Game.price, Game.in_stock, Game.is_active)
-            .join(Game, Game.id == WishlistItem.game_id)
-            .where(owner.where(WishlistItem))
-            .order_by(WishlistItem.created_at, WishlistItem.id)
-        ).all()
+        with read_transaction(session):
+            rows = session.execute(
+                select(WishlistItem.game_id, Game.name, Game.price, Game.in_stock,
+                       Game.is_active)
+                .join(Game, Game.id == WishlistItem.game_id)
+                .where(owner.where(WishlistItem))
+                .order_by(WishlistItem.created_at, WishlistItem.id)
+            ).all()
         return {
             "items": [
                 {

@@ -99,7 +99,6 @@ def test_merges_caps_skips_and_clears_the_guest(session: Any, cache: Any, redis_
     for owner in (Owner.guest(SID), Owner.user(user_id)):
         cart.get_cart(session, cache, owner)
         wishlist.get_wishlist(session, cache, owner)
-        session.rollback()
     keys_ = migration.cache_keys_for(SID, user_id)
     assert redis_client.exists(*keys_) == 4
 
