@@ -63,13 +63,14 @@ def poll_order_status(
             .order_by(Order.updated_at)
             .limit(limit)
         ).all()
-        units = dict(
-            session.execute(
+        units: dict[uuid.UUID, int] = {
+            order_id: int(quantity)
+            for order_id, quantity in session.execute(
                 select(OrderItem.order_id, func.sum(OrderItem.quantity))
                 .where(OrderItem.order_id.in_([oid for oid, _ in stale]))
                 .group_by(OrderItem.order_id)
-            ).tuples().all()
-        )
+            )
+        }
         purchases = session.execute(
             select(OrderItem.order_id, G2APurchase.g2a_order_id, G2APurchase.status)
             .join(OrderItem, OrderItem.id == G2APurchase.order_item_id)
