@@ -1,0 +1,196 @@
+"""HTTP auth (T009-T011): register/login shapes, races, login-triggered migration, outages."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from db.models import CartItem, Game, User
+from keysync.embedded import free_port
+from keysync.resources import Resources
+from services.cache import keys
+from web.app import create_app
+from worker._broker import create_broker
+
+
+@pytest.fixture
+def client(resources: Any) -> TestClient:
+    return TestClient(create_app(resources))
+
+
+def make_game(session: Any, *, in_stock: bool = True, price: str = "10.00") -> uuid.UUID:
+    game = Game(g2a_product_id=f"p-{uuid.uuid4().hex[:12]}", slug=f"s-{uuid.uuid4().hex}",
+                name="Game", price=Decimal(price), g2a_price=Decimal(price), in_stock=in_stock)
+    with session.begin():
+        session.add(game)
+    return game.id
+
+
+def register(client: TestClient, email: str = "ana@example.com") -> dict[str, Any]:
+    response = client.post("/auth/register",
+                           json={"email": email, "password": "password1", "name": "Ana"})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_register_and_login_shapes(client: TestClient) -> None:
+    body = register(client)
+    assert set(body["user"]) >= {"id", "email", "name", "balance"}
+    assert body["user"]["balance"] == "0.00" and body["token"]
+    login = client.post("/auth/login", json={"email": "ANA@example.com", "password": "password1"})
+    assert login.status_code == 200
+    assert login.json()["migration"] == "none"
+    assert login.json()["user"] == body["user"]
+
+
+@pytest.mark.parametrize("payload", [
+    {"email": "not-an-email", "password": "password1"},
+    {"email": "a@example.com", "password": "short"},
+    {"password": "password1"},
+])
+def test_register_invalid_is_422(client: TestClient, payload: dict[str, Any]) -> None:
+    response = client.post("/auth/register", json=payload)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_bad_credentials_are_401_without_saying_which(client: TestClient) -> None:
+    register(client)
+    wrong = client.post("/auth/login", json={"email": "ana@example.com", "password": "nope"})
+    unknown = client.post("/auth/login", json={"email": "x@example.com", "password": "nope"})
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.json() == unknown.json()
+
+
+def test_concurrent_duplicate_registrations_give_201_and_409(client: TestClient,
+                                                             session: Any) -> None:
+    barrier = threading.Barrier(2)
+    statuses: list[int] = []
+
+    def attempt(email: str) -> None:
+        barrier.wait()
+        statuses.append(client.post("/auth/register",
+                                    json={"email": email, "password": "password1"}).status_code)
+
+    threads = [threading.Thread(target=attempt, args=(e,))
+               for e in ("dup@example.com", "DUP@Example.com")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(statuses) == [201, 409]
+    with session.begin():
+        assert session.scalar(select(func.count()).select_from(User)) == 1
+
+
+def test_register_injected_failure_after_insert_leaves_no_user(resources: Any, engine: Any,
+                                                               session: Any) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("""
+            CREATE FUNCTION test_fail_outbox() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+            CREATE TRIGGER test_fail_outbox BEFORE INSERT ON job_outbox
+            FOR EACH ROW EXECUTE FUNCTION test_fail_outbox();
+        """)
+    try:
+        client = TestClient(create_app(resources), raise_server_exceptions=False)
+        response = client.post("/auth/register",
+                               json={"email": "atomic@example.com", "password": "password1"})
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER test_fail_outbox ON job_outbox;"
+                                 "DROP FUNCTION test_fail_outbox();")
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert "Traceback" not in response.text and "injected" not in response.text
+    with session.begin():
+        assert session.scalar(select(func.count()).select_from(User)) == 0
+
+
+def test_login_queues_migration_and_worker_merges(client: TestClient, session: Any,
+                                                  broker: Any, worker_thread: Any,
+                                                  redis_client: Any) -> None:
+    # T010 with a real worker thread on the real Redis broker.
+    user = register(client)
+    auth_header = {"Authorization": f"Bearer {user['token']}"}
+    guest = {"X-Session-Id": "guest-abc"}
+    shared, only_guest = make_game(session), make_game(session, price="2.50")
+    client.put("/cart/items", json={"game_id": str(shared), "quantity": 3}, headers=auth_header)
+    client.put("/cart/items", json={"game_id": str(shared), "quantity": 9}, headers=guest)
+    client.put("/cart/items", json={"game_id": str(only_guest), "quantity": 2}, headers=guest)
+    client.put("/wishlist/items", json={"game_id": str(only_guest)}, headers=guest)
+    assert client.get("/cart", headers=guest).json()["total"] == "95.00"
+    client.get("/wishlist", headers=guest)
+    assert redis_client.exists(keys.session_cart("guest-abc"), keys.session_wishlist("guest-abc"))
+
+    login = client.post("/auth/login", json={"email": "ana@example.com", "password": "password1"},
+                        headers=guest)
+    assert login.status_code == 200
+    assert login.json()["migration"] == "queued"
+    broker.join("default", timeout=20_000)
+    worker_thread.join()
+
+    merged = client.get("/cart", headers={"Authorization": f"Bearer {login.json()['token']}"})
+    assert {(i["game_id"], i["quantity"]) for i in merged.json()["items"]} == {
+        (str(shared), 10), (str(only_guest), 2)}  # 3 + 9 capped at 10
+    assert not redis_client.exists(keys.session_cart("guest-abc"),
+                                   keys.session_wishlist("guest-abc"))
+    assert client.get("/cart", headers=guest).json() == {"items": [], "total": "0.00"}
+    assert [i["game_id"] for i in client.get("/wishlist", headers=auth_header).json()["items"]] \
+        == [str(only_guest)]
+
+
+def test_login_with_broker_down_migrates_inline(settings: Any, session: Any,
+                                                dead_redis_url: str) -> None:
+    resources = Resources.build(settings, create_broker(dead_redis_url))
+    try:
+        client = TestClient(create_app(resources))
+        register(client)  # the welcome email stays in the outbox; registration succeeds
+        game = make_game(session)
+        client.put("/cart/items", json={"game_id": str(game), "quantity": 1},
+                   headers={"X-Session-Id": "guest-down"})
+        login = client.post("/auth/login",
+                            json={"email": "ana@example.com", "password": "password1"},
+                            headers={"X-Session-Id": "guest-down"})
+        assert login.status_code == 200
+        assert login.json()["migration"] == "done"
+        cart = client.get("/cart", headers={"Authorization": f"Bearer {login.json()['token']}"})
+        assert [i["game_id"] for i in cart.json()["items"]] == [str(game)]
+    finally:
+        resources.close()
+    with session.begin():
+        assert session.scalar(select(func.count()).select_from(CartItem)
+                              .where(CartItem.session_id.is_not(None))) == 0
+
+
+def test_login_rejects_malformed_session_id(client: TestClient) -> None:
+    register(client)
+    response = client.post("/auth/login",
+                           json={"email": "ana@example.com", "password": "password1"},
+                           headers={"X-Session-Id": "user:*"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_session_id"
+
+
+def test_postgres_unreachable_is_503_with_retry_after(settings: Any, broker: Any) -> None:
+    # T011: a port where no Postgres listens.
+    down = settings.model_copy(update={
+        "database_url": f"postgresql+psycopg://keysync@127.0.0.1:{free_port()}/keysync"})
+    resources = Resources.build(down, broker)
+    try:
+        client = TestClient(create_app(resources), raise_server_exceptions=False)
+        for path in ("/auth/register", "/auth/login"):
+            response = client.post(path, json={"email": "a@example.com", "password": "password1"})
+            assert response.status_code == 503, response.text
+            assert response.headers["Retry-After"]
+            assert response.json()["error"]["code"] == "database_unavailable"
+            assert "Traceback" not in response.text
+    finally:
+        resources.close()
