@@ -146,12 +146,12 @@ class WebhookSender:
             "webhook-timestamp": str(ts),
             "webhook-signature": sign_webhook(self._secret, msg_id, ts, body),
         }
+        status: int | None = None
+        error: str | None = None
         try:
             status = http.post(self._url, content=body, headers=headers).status_code
         except httpx.HTTPError as exc:
-            status, error = None, type(exc).__name__
-        else:
-            error = None
+            error = type(exc).__name__
         if status is not None and 200 <= status < 300:
             self.delivered += 1
             log.info("sim.webhook_delivered", webhook_id=msg_id, status=status, attempt=attempt)

@@ -71,7 +71,7 @@ def serve(host: str, port: int, workers: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True)
 @click.option("--products", default=1000, show_default=True)
-@click.option("--seed", default=1, show_default=True)
+@click.option("--seed", default=42, show_default=True)
 @click.option("--rate-limit-per-min", default=600, show_default=True, help="0 = unlimited")
 @click.option("--webhook-url", default=None, help="send signed status webhooks here")
 @click.option(
@@ -93,16 +93,16 @@ def g2a_sim(
     from g2a_sim.server import run
 
     settings = get_settings()
-    secret = webhook_secret or next(iter(settings.webhook_secrets.get_secret_value().split()), None)
-    run(
-        host=host,
-        port=port,
-        products=products,
-        seed=seed,
-        rate_limit_per_min=rate_limit_per_min,
-        webhook_url=webhook_url,
-        webhook_secret=secret,
-        email=settings.g2a_email or None,
-        api_hash=settings.g2a_api_hash.get_secret_value() or None,
-        api_secret=settings.g2a_api_secret.get_secret_value() or None,
-    )
+    secret = webhook_secret or next(iter(settings.webhook_secrets.get_secret_value().split()),
+                                    None)
+    # Credentials default to the simulator's own unless G2A_* are set (then the two agree).
+    credentials = {
+        name: value
+        for name, value in (("email", settings.g2a_email),
+                            ("api_hash", settings.g2a_api_hash.get_secret_value()),
+                            ("api_secret", settings.g2a_api_secret.get_secret_value()))
+        if value
+    }
+    run(host=host, port=port, products=products, seed=seed,
+        rate_limit_per_min=rate_limit_per_min, webhook_url=webhook_url, webhook_secret=secret,
+        **credentials)

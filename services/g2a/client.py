@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
+import redis
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_random_exponential
@@ -35,8 +36,6 @@ from services.g2a.errors import (
 from services.g2a.rate_limit import RateLimiter
 
 if TYPE_CHECKING:
-    import redis
-
     from keysync.settings import Settings
 
 log = structlog.get_logger("keysync.g2a")
@@ -288,7 +287,13 @@ class G2AClient:
         order_id: str | None,
     ) -> dict[str, Any]:
         if self._limiter is not None:
-            self._limiter.acquire(timeout_s=RATE_LIMIT_WAIT_S)
+            try:
+                self._limiter.acquire(timeout_s=RATE_LIMIT_WAIT_S)
+            except redis.RedisError as exc:
+                # The shared bucket lives in Redis; without it we still talk to G2A (its
+                # own 429s are retried with backoff) rather than stop selling keys.
+                log.warning("g2a rate limiter unavailable; proceeding unthrottled",
+                            error=str(exc))
         headers = {"Authorization": self._authorization, "Accept": "application/json"}
         if content is not None:
             headers["Content-Type"] = "application/json"
