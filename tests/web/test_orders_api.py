@@ -1,0 +1,117 @@
+"""HTTP: POST/GET /orders (CONTRACT §5)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from db.models import CartItem, G2APurchase, G2APurchaseStatus, OrderItem, OrderStatus
+from services import order_status, tokens
+from tests.order_helpers import balance, make_game, make_user
+from web.app import create_app
+
+
+@pytest.fixture
+def client(resources: Any) -> Iterator[TestClient]:
+    with TestClient(create_app(resources)) as c:
+        yield c
+
+
+def _auth(resources: Any, user_id: uuid.UUID) -> dict[str, str]:
+    token = tokens.issue(user_id, resources.settings.jwt_secret.get_secret_value(), 3600)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_create_from_items_returns_the_order(resources: Any, client: TestClient) -> None:
+    user_id = make_user(resources.sessions, "30.00")
+    game = make_game(resources.sessions, price="12.50")
+    r = client.post("/orders", json={"items": [{"game_id": str(game), "quantity": 2}]},
+                    headers=_auth(resources, user_id))
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["status"] == "PENDING" and body["total"] == "25.00"
+    assert body["items"] == [{"game_id": str(game), "quantity": 2, "unit_price": "12.50"}]
+    assert "keys" not in body and "created_at" in body
+    assert balance(resources.sessions, user_id) == Decimal("5.00")
+    got = client.get(f"/orders/{body['id']}", headers=_auth(resources, user_id))
+    assert got.status_code == 200 and got.json()["id"] == body["id"]
+    listing = client.get("/orders", headers=_auth(resources, user_id)).json()
+    assert listing["total"] == 1 and listing["items"][0]["id"] == body["id"]
+
+
+def test_create_from_cart(resources: Any, client: TestClient) -> None:
+    user_id = make_user(resources.sessions, "30.00")
+    game = make_game(resources.sessions, price="3.00")
+    with resources.sessions() as s, s.begin():
+        s.add(CartItem(user_id=user_id, game_id=game, quantity=2))
+    r = client.post("/orders", headers=_auth(resources, user_id))
+    assert r.status_code == 201, r.text
+    assert r.json()["total"] == "6.00"
+    assert client.post("/orders", headers=_auth(resources, user_id)).status_code == 422
+
+
+def test_refusals(resources: Any, client: TestClient) -> None:
+    user_id = make_user(resources.sessions, "5.00")
+    pricey = make_game(resources.sessions, price="12.50")
+    gone = make_game(resources.sessions, in_stock=False)
+    auth = _auth(resources, user_id)
+    r = client.post("/orders", json={"items": [{"game_id": str(pricey), "quantity": 1}]},
+                    headers=auth)
+    assert r.status_code == 402 and r.json()["error"]["code"] == "insufficient_balance"
+    r = client.post("/orders", json={"items": [{"game_id": str(gone), "quantity": 1}]},
+                    headers=auth)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "game_unavailable"
+    r = client.post("/orders", json={"items": [{"game_id": str(gone), "quantity": 0}]},
+                    headers=auth)
+    assert r.status_code == 422
+    assert client.post("/orders", json={"items": []}, headers={}).status_code == 401
+    assert client.get("/orders").status_code == 401
+    assert balance(resources.sessions, user_id) == Decimal("5.00")
+
+
+def test_other_users_order_is_404(resources: Any, client: TestClient) -> None:
+    owner, other = make_user(resources.sessions, "30.00"), make_user(resources.sessions)
+    game = make_game(resources.sessions, price="1.00")
+    order = client.post("/orders", json={"items": [{"game_id": str(game)}]},
+                        headers=_auth(resources, owner)).json()
+    r = client.get(f"/orders/{order['id']}", headers=_auth(resources, other))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert client.get(f"/orders/{uuid.uuid4()}", headers=_auth(resources, owner)
+                      ).status_code == 404
+
+
+def test_keys_are_shown_decrypted_only_when_completed(resources: Any, client: TestClient
+                                                      ) -> None:
+    user_id = make_user(resources.sessions, "30.00")
+    game = make_game(resources.sessions, price="1.00")
+    auth = _auth(resources, user_id)
+    order = client.post("/orders", json={"items": [{"game_id": str(game), "quantity": 2}]},
+                        headers=auth).json()
+    order_id = uuid.UUID(order["id"])
+    fernet = Fernet(resources.settings.key_encryption_key.get_secret_value().encode())
+    with resources.sessions() as s, s.begin():
+        order_status.apply(s, order_id, OrderStatus.PROCESSING, source="test")
+        item_id = s.scalars(select(OrderItem.id).where(OrderItem.order_id == order_id)).one()
+        for unit, key in enumerate(["AAAAA-11111", "BBBBB-22222"]):
+            s.add(G2APurchase(order_item_id=item_id, unit_index=unit, g2a_order_id=f"x{unit}",
+                              status=G2APurchaseStatus.DELIVERED,
+                              key_encrypted=fernet.encrypt(key.encode())))
+    assert "keys" not in client.get(f"/orders/{order_id}", headers=auth).json()
+    with resources.sessions() as s, s.begin():
+        transition = order_status.apply(s, order_id, OrderStatus.COMPLETED, source="test")
+    assert transition is not None and transition.changed
+    resources.cache.invalidate(transition.cache_keys)
+    body = client.get(f"/orders/{order_id}", headers=auth).json()
+    assert body["status"] == "COMPLETED" and body["keys"] == ["AAAAA-11111", "BBBBB-22222"]
+    # the cached copy holds ciphertext only
+    cached = resources.cache.get(f"order:{order_id}")
+    assert "AAAAA-11111" not in str(cached)
+    assert client.get("/orders", headers=auth).json()["items"][0]["keys"] == [
+        "AAAAA-11111", "BBBBB-22222"]
