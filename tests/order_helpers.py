@@ -16,10 +16,20 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import httpx
-from sqlalchemy import insert
+from cryptography.fernet import Fernet
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Game, Transaction, TransactionStatus, TransactionType, User
+from db.models import (
+    G2APurchase,
+    G2APurchaseStatus,
+    Game,
+    OrderItem,
+    Transaction,
+    TransactionStatus,
+    TransactionType,
+    User,
+)
 from g2a_sim.app import DEFAULT_API_HASH, DEFAULT_API_SECRET, DEFAULT_EMAIL, sign_webhook
 from g2a_sim.server import SimServer
 from services.g2a import G2AClient
@@ -155,3 +165,15 @@ def wait_for(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.05) 
 def sim_server(**overrides: Any) -> Iterator[SimServer]:
     with SimServer(products=200, rate_limit_per_min=0, **overrides) as sim:
         yield sim
+
+
+def deliver_all(resources: Any, order_id: uuid.UUID) -> None:
+    """Store a DELIVERED key for every unit, as a finished fulfilment leaves them."""
+    fernet = Fernet(resources.settings.key_encryption_key.get_secret_value().encode())
+    with resources.sessions() as s, s.begin():
+        for item in s.scalars(select(OrderItem).where(OrderItem.order_id == order_id)):
+            for unit in range(item.quantity):
+                s.add(G2APurchase(
+                    order_item_id=item.id, unit_index=unit, g2a_order_id=uuid.uuid4().hex,
+                    status=G2APurchaseStatus.DELIVERED, key_encrypted=fernet.encrypt(b"K-1"),
+                ))

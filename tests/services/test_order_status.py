@@ -8,20 +8,16 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
-from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
 from db.models import (
-    G2APurchase,
-    G2APurchaseStatus,
     Order,
-    OrderItem,
     OrderStatus,
     Transaction,
     TransactionType,
 )
 from services import invariants, order_status, orders
-from tests.order_helpers import balance, make_game, make_user
+from tests.order_helpers import balance, deliver_all, make_game, make_user
 
 
 def _order(resources: Any, qty: int = 1, price: str = "10.00") -> tuple[uuid.UUID, uuid.UUID]:
@@ -39,17 +35,6 @@ def _apply(resources: Any, order_id: uuid.UUID, target: OrderStatus) -> order_st
         result = order_status.apply(s, order_id, target, source="test")
     assert result is not None
     return result
-
-
-def _deliver_all(resources: Any, order_id: uuid.UUID) -> None:
-    fernet = Fernet(resources.settings.key_encryption_key.get_secret_value().encode())
-    with resources.sessions() as s, s.begin():
-        for item in s.scalars(select(OrderItem).where(OrderItem.order_id == order_id)):
-            for unit in range(item.quantity):
-                s.add(G2APurchase(
-                    order_item_id=item.id, unit_index=unit, g2a_order_id=uuid.uuid4().hex,
-                    status=G2APurchaseStatus.DELIVERED, key_encrypted=fernet.encrypt(b"K-1"),
-                ))
 
 
 def _refunds(resources: Any, order_id: uuid.UUID) -> int:
@@ -97,7 +82,7 @@ def test_concurrent_failed_and_cancelled_refund_once(resources: Any) -> None:
 def test_completed_then_processing_stays_completed(resources: Any) -> None:
     order_id, _ = _order(resources, qty=2)
     _apply(resources, order_id, OrderStatus.PROCESSING)
-    _deliver_all(resources, order_id)
+    deliver_all(resources, order_id)
     assert _apply(resources, order_id, OrderStatus.COMPLETED).changed
     late = _apply(resources, order_id, OrderStatus.PROCESSING)
     also_late = _apply(resources, order_id, OrderStatus.FAILED)

@@ -1,0 +1,210 @@
+"""HTTP: POST /webhooks/g2a (CONTRACT §5) — T025 and T026 end to end."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from db.models import Order, OrderStatus, Transaction, TransactionType, WebhookEvent
+from keysync.embedded import free_port
+from keysync.resources import Resources
+from services import invariants, order_status, orders, tokens
+from tests.order_helpers import (
+    balance,
+    deliver_all,
+    make_game,
+    make_user,
+    signed_headers,
+    status_body,
+    wait_for,
+)
+from web.app import create_app
+
+
+@pytest.fixture
+def client(resources: Any) -> Iterator[TestClient]:
+    with TestClient(create_app(resources)) as c:
+        yield c
+
+
+class LiveServer:
+    """The app on a real port, so concurrent requests are really concurrent."""
+
+    def __init__(self, resources: Any) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(
+            create_app(resources), log_level="warning", access_log=False, lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        wait_for(lambda: self.server.started, timeout_s=10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+def _order(resources: Any, status: OrderStatus = OrderStatus.PROCESSING
+           ) -> tuple[uuid.UUID, uuid.UUID]:
+    user_id = make_user(resources.sessions, "100.00")
+    game = make_game(resources.sessions, price="40.00")
+    view = orders.create_order(resources.sessions, resources.broker, resources.cache, user_id,
+                               [orders.LineRequest(game, 1)])
+    order_id = uuid.UUID(view["id"])
+    with resources.sessions() as s, s.begin():
+        order_status.apply(s, order_id, status, source="test")
+    return order_id, user_id
+
+
+def _events(resources: Any) -> int:
+    with resources.sessions() as s:
+        return int(s.scalar(select(func.count()).select_from(WebhookEvent)) or 0)
+
+
+def _status(resources: Any, order_id: uuid.UUID) -> OrderStatus:
+    with resources.sessions() as s:
+        order = s.get(Order, order_id)
+        assert order is not None
+        return order.status
+
+
+def _refunds(resources: Any, order_id: uuid.UUID) -> int:
+    with resources.sessions() as s:
+        return int(s.scalar(select(func.count()).select_from(Transaction).where(
+            Transaction.order_id == order_id, Transaction.type == TransactionType.REFUND)) or 0)
+
+
+def _settled(resources: Any) -> bool:
+    with resources.sessions() as s:
+        return not s.scalar(select(func.count()).select_from(WebhookEvent).where(
+            WebhookEvent.processed_at.is_(None)))
+
+
+def test_accepted_then_duplicate(resources: Any, client: TestClient) -> None:
+    order_id, _ = _order(resources)
+    body = status_body("FAILED", order_id=order_id)
+    headers = signed_headers(body)
+    r = client.post("/webhooks/g2a", content=body, headers=headers)
+    assert r.status_code == 202, r.text
+    assert client.post("/webhooks/g2a", content=body, headers=headers).status_code == 200
+    assert _events(resources) == 1
+
+
+def test_rejections_store_nothing(resources: Any, client: TestClient) -> None:
+    order_id, _ = _order(resources)
+    body = status_body("FAILED", order_id=order_id)
+    cases: list[tuple[int, bytes, dict[str, str]]] = []
+    bad_sig = {**signed_headers(body), "webhook-signature": signed_headers(b"other")[
+        "webhook-signature"]}
+    cases.append((401, body, bad_sig))
+    cases.append((401, body, {"content-type": "application/json"}))
+    cases.append((400, body, signed_headers(body, ts=int(time.time()) - 600)))
+    malformed = b'{"type": "order.status_changed", "data": {'
+    cases.append((400, malformed, signed_headers(malformed)))
+    unknown = status_body("SHIPPED", order_id=order_id)
+    cases.append((400, unknown, signed_headers(unknown)))
+    big = b'{"pad": "' + b"x" * (256 * 1024) + b'"}'
+    cases.append((413, big, signed_headers(big)))
+    for expected, content, headers in cases:
+        r = client.post("/webhooks/g2a", content=content, headers=headers)
+        assert r.status_code == expected, (expected, r.text)
+        assert set(r.json()["error"]) == {"code", "message"}
+    # oversized without a Content-Length (chunked): still cut at the cap
+    chunks = (b"x" * 65536 for _ in range(5))
+    r = client.post("/webhooks/g2a", content=chunks, headers=signed_headers(b"irrelevant"))
+    assert r.status_code == 413
+    assert _events(resources) == 0
+    assert _status(resources, order_id) is OrderStatus.PROCESSING
+
+
+def test_postgres_down_is_503_with_retry_after(settings: Any, broker: Any) -> None:
+    down = settings.model_copy(update={
+        "database_url": f"postgresql+psycopg://keysync@127.0.0.1:{free_port()}/keysync"})
+    res = Resources.build(down, broker)
+    try:
+        with TestClient(create_app(res)) as c:
+            body = status_body("FAILED", order_id=uuid.uuid4())
+            r = c.post("/webhooks/g2a", content=body, headers=signed_headers(body))
+            assert r.status_code == 503 and "Retry-After" in r.headers
+            assert r.json()["error"]["code"] == "database_unavailable"
+    finally:
+        res.close()
+
+
+def test_cached_order_read_after_webhook_shows_new_status(
+    resources: Any, client: TestClient, worker_thread: Any
+) -> None:
+    """T025 over HTTP with a real worker: GET (cached) -> webhook -> GET shows it."""
+    order_id, user_id = _order(resources)
+    token = tokens.issue(user_id, resources.settings.jwt_secret.get_secret_value(), 3600)
+    auth = {"Authorization": f"Bearer {token}"}
+    assert client.get(f"/orders/{order_id}", headers=auth).json()["status"] == "PROCESSING"
+    assert client.get("/orders", headers=auth).json()["items"][0]["status"] == "PROCESSING"
+    body = status_body("cancelled", order_id=order_id)
+    assert client.post("/webhooks/g2a", content=body, headers=signed_headers(body)
+                       ).status_code == 202
+    wait_for(lambda: _settled(resources))
+    assert client.get(f"/orders/{order_id}", headers=auth).json()["status"] == "CANCELLED"
+    assert client.get("/orders", headers=auth).json()["items"][0]["status"] == "CANCELLED"
+
+
+def test_same_webhook_100_times_concurrently_has_one_effect(
+    resources: Any, worker_thread: Any
+) -> None:
+    order_id, user_id = _order(resources)
+    body = status_body("FAILED", order_id=order_id)
+    headers = signed_headers(body)
+    with LiveServer(resources) as server, httpx.Client(base_url=server.url) as http:
+        barrier = threading.Barrier(25)
+
+        def send(i: int) -> int:
+            if i < 25:
+                barrier.wait()
+            return http.post("/webhooks/g2a", content=body, headers=headers).status_code
+
+        with ThreadPoolExecutor(25) as pool:
+            codes = list(pool.map(send, range(100)))
+    assert codes.count(202) == 1 and codes.count(200) == 99
+    wait_for(lambda: _settled(resources))
+    assert _events(resources) == 1
+    assert _status(resources, order_id) is OrderStatus.FAILED
+    assert _refunds(resources, order_id) == 1
+    assert balance(resources.sessions, user_id) == Decimal("100.00")
+    with resources.sessions() as s:
+        assert invariants.check(s, webhook_grace=False).ok
+
+
+def test_out_of_order_and_repeated_failures(resources: Any, client: TestClient,
+                                            worker_thread: Any) -> None:
+    """COMPLETED then PROCESSING leaves COMPLETED; FAILED delivered twice refunds once."""
+    done, _ = _order(resources)
+    deliver_all(resources, done)
+    failing, user_id = _order(resources)
+    for status, order_id in [("COMPLETED", done), ("PROCESSING", done),
+                             ("FAILED", failing), ("FAILED", failing)]:
+        body = status_body(status, order_id=order_id)
+        assert client.post("/webhooks/g2a", content=body, headers=signed_headers(body)
+                           ).status_code == 202
+        wait_for(lambda: _settled(resources))
+    assert _status(resources, done) is OrderStatus.COMPLETED
+    assert _status(resources, failing) is OrderStatus.FAILED
+    assert _refunds(resources, failing) == 1 and _refunds(resources, done) == 0
+    assert balance(resources.sessions, user_id) == Decimal("100.00")
