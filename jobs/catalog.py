@@ -1,3 +1,79 @@
-"""Actors: catalog."""
+"""Actors: catalog (`catalog_sync`, `stock_check`).
+
+Both are idempotent: a duplicate message either finds the lock taken (and is skipped) or
+re-lists a catalog that is already up to date (and writes nothing). A run that ends
+partial or failed is recorded in `sync_runs` and is not retried here: the next scheduled
+run lists again, which is cheaper and no less correct than replaying a long listing.
+"""
 
 from __future__ import annotations
+
+import dramatiq
+import structlog
+
+from keysync.resources import Resources
+from services.catalog_sync import (
+    LockHeld,
+    SyncDeps,
+    SyncResult,
+    run_catalog_sync,
+    run_stock_check,
+)
+from services.g2a import G2AClient, RateLimiter
+from worker import current_job
+
+log = structlog.get_logger(__name__)
+
+# A full listing at 600 req/min takes about a minute per 10,000 products.
+_TIME_LIMIT_MS = 2 * 3600 * 1000
+
+
+def g2a_client(resources: Resources) -> G2AClient:
+    """A G2A client over the process's pooled HTTP client and the shared Redis rate limit."""
+    settings = resources.settings
+    settings.require("g2a_api_url", "g2a_email", "g2a_api_hash", "g2a_api_secret")
+    return G2AClient(
+        resources.g2a_http(),
+        email=settings.g2a_email,
+        api_hash=settings.g2a_api_hash.get_secret_value(),
+        api_secret=settings.g2a_api_secret.get_secret_value(),
+        rate_limiter=RateLimiter(resources.redis, settings.g2a_rate_limit_per_min),
+    )
+
+
+def sync_deps(resources: Resources) -> SyncDeps:
+    return SyncDeps(
+        sessions=resources.sessions,
+        redis=resources.redis,
+        cache=resources.cache,
+        client=g2a_client(resources),
+        markup_percent=resources.settings.price_markup_percent,
+    )
+
+
+def _log_outcome(result: SyncResult) -> None:
+    log.info("sync.job_done", **{k: v for k, v in result.as_dict().items()
+                                 if k != "error_detail"})
+
+
+@dramatiq.actor(max_retries=3, time_limit=_TIME_LIMIT_MS)
+def catalog_sync(full: bool = False) -> None:
+    job = current_job()
+    try:
+        result = run_catalog_sync(sync_deps(job.resources), full=bool(full))
+    except LockHeld as held:
+        log.info("sync.skipped_lock_held", kind="full" if full else "incremental",
+                 holder=held.holder)
+        return
+    _log_outcome(result)
+
+
+@dramatiq.actor(max_retries=3, time_limit=_TIME_LIMIT_MS)
+def stock_check() -> None:
+    job = current_job()
+    try:
+        result = run_stock_check(sync_deps(job.resources))
+    except LockHeld as held:
+        log.info("sync.skipped_lock_held", kind="stock", holder=held.holder)
+        return
+    _log_outcome(result)

@@ -1,0 +1,387 @@
+"""Catalog sync against real Postgres, Redis and the G2A simulator over HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+import redis as redis_lib
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import Game, SyncRun
+from g2a_sim import DEFAULT_API_HASH, DEFAULT_API_SECRET, DEFAULT_EMAIL, SimServer
+from services.cache import Cache
+from services.cache import keys as cache_keys
+from services.catalog_sync import (
+    INCREMENTAL_OVERLAP,
+    SYNC_PROGRESS,
+    LockHeld,
+    SyncDeps,
+    run_catalog_sync,
+    shop_price,
+    shop_slug,
+)
+from services.g2a import G2AClient, RateLimiter
+from services.locks import SYNC_LOCK
+
+MARKUP = Decimal("2")
+FAST = 600_000  # requests/min: the limiter is exercised but never waits in tests
+
+
+@pytest.fixture
+def make_deps(
+    sessions: sessionmaker[Session], redis_client: redis_lib.Redis, cache: Cache
+) -> Iterator[Callable[..., SyncDeps]]:
+    opened: list[httpx.Client] = []
+
+    def make(sim: SimServer, **overrides: Any) -> SyncDeps:
+        http = httpx.Client(base_url=sim.url, timeout=5.0)
+        opened.append(http)
+        client = G2AClient(
+            http, email=DEFAULT_EMAIL, api_hash=DEFAULT_API_HASH, api_secret=DEFAULT_API_SECRET,
+            rate_limiter=RateLimiter(redis_client, FAST), base_wait_s=0.01, max_wait_s=0.05,
+        )
+        deps = SyncDeps(sessions=sessions, redis=redis_client, cache=cache, client=client,
+                        markup_percent=MARKUP)
+        return dataclasses.replace(deps, **overrides)
+
+    yield make
+    for http in opened:
+        http.close()
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with SimServer(products=300, seed=11, rate_limit_per_min=0) as server:
+        yield server
+
+
+def sim_post(sim: SimServer, path: str, body: dict[str, Any]) -> Any:
+    response = httpx.post(sim.url + path, json=body, timeout=5.0)
+    response.raise_for_status()
+    return response.json()
+
+
+def sim_stats(sim: SimServer) -> dict[str, Any]:
+    data: dict[str, Any] = httpx.get(sim.url + "/_sim/stats", timeout=5.0).json()
+    return data
+
+
+def game_ids(session: Session, product_ids: list[str]) -> dict[str, Any]:
+    rows = session.execute(
+        select(Game.g2a_product_id, Game.id).where(Game.g2a_product_id.in_(product_ids))
+    ).all()
+    return {pid: gid for pid, gid in rows}
+
+
+def count_games(session: Session, **where: Any) -> int:
+    return int(session.scalar(select(func.count()).select_from(Game).filter_by(**where)) or 0)
+
+
+def row_versions(session: Session) -> str:
+    """Fingerprint of every games row version: any INSERT or UPDATE changes some xmin."""
+    value = session.execute(
+        text("SELECT md5(string_agg(id::text || ':' || xmin::text, ',' ORDER BY id)) FROM games")
+    ).scalar_one()
+    session.rollback()
+    return str(value)
+
+
+# -- pure functions ---------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cents=st.integers(min_value=0, max_value=10**9),
+    markup=st.decimals(min_value=0, max_value=1000, places=2, allow_nan=False),
+)
+def test_price_is_decimal_round_half_up(cents: int, markup: Decimal) -> None:
+    g2a_price = Decimal(cents) / 100
+    price = shop_price(g2a_price, markup)
+    exact = g2a_price * (1 + markup / 100)  # exact: at most 4 decimals
+    assert price.as_tuple().exponent == -2
+    assert abs(price - exact) <= Decimal("0.005")
+    # Half up: a remainder of exactly half a cent always goes up, never to even.
+    assert (exact - price) < Decimal("0.005")
+
+
+def test_price_examples() -> None:
+    assert shop_price(Decimal("10.00"), Decimal("2")) == Decimal("10.20")
+    assert shop_price(Decimal("0.25"), Decimal("2")) == Decimal("0.26")  # 0.255 -> up
+    assert shop_price(Decimal("1.25"), Decimal("2")) == Decimal("1.28")  # 1.275 -> up
+    assert shop_price(Decimal("0.75"), Decimal("0")) == Decimal("0.75")
+
+
+def test_slug_is_unique_and_keeps_sim_suffix() -> None:
+    assert shop_slug("crimson-empire-42", "42") == "crimson-empire-42"
+    assert shop_slug("crimson-empire", "42") == "crimson-empire-42"
+    assert shop_slug("crimson-empire", "43") != shop_slug("crimson-empire", "42")
+    assert shop_slug("x-5", "15") == "x-5-15"
+    long = shop_slug("a" * 400, "7")
+    assert len(long) == 300 and long.endswith("-7")
+
+
+# -- full sync --------------------------------------------------------------------------------
+
+
+def test_first_full_sync_adds_every_product(sim: SimServer, make_deps: Any, session: Session,
+                                            redis_client: redis_lib.Redis) -> None:
+    result = run_catalog_sync(make_deps(sim), full=True)
+    assert (result.status, result.kind) == ("succeeded", "full")
+    assert result.added == 300 and result.updated == 0 and result.removed == 0
+    assert result.errors == 0 and result.pages >= 15 and result.requests >= result.pages
+    assert count_games(session) == 300
+    # Out-of-stock products are listed (includeOutOfStock=true) and stored as such.
+    oos = [p for p in sim.state.products.values() if p.qty == 0]
+    assert oos and count_games(session, in_stock=False, is_active=True) == len(oos)
+    product = next(iter(sim.state.products.values()))
+    game = session.execute(
+        select(Game).where(Game.g2a_product_id == str(product.id))
+    ).scalar_one()
+    g2a_cents = product.retail_min_price if product.retail_min_price is not None \
+        else product.min_price
+    assert game.g2a_price == Decimal(g2a_cents) / 100
+    assert game.price == shop_price(Decimal(g2a_cents) / 100, MARKUP)
+    assert game.slug == product.slug and game.g2a_qty == product.qty
+    run = session.get(SyncRun, result.run_id)
+    assert run is not None and run.status == "succeeded" and run.added == 300
+    assert run.fence_token == result.fence_token and run.finished_at is not None
+    progress = {k.decode(): v.decode() for k, v in redis_client.hgetall(SYNC_PROGRESS).items()}
+    assert progress["run_id"] == result.run_id and progress["status"] == "succeeded"
+    assert progress["finished"] == "1"
+
+
+def test_noop_resync_writes_nothing_and_invalidates_nothing(
+    sim: SimServer, make_deps: Any, session: Session, redis_client: redis_lib.Redis,
+    cache: Cache,
+) -> None:
+    deps = make_deps(sim)
+    run_catalog_sync(deps, full=True)
+    ids = list(game_ids(session, [str(p) for p in sim.state.ids[:5]]).values())
+    for gid in ids:
+        cache.set(cache_keys.game(gid), {"cached": True}, cache_keys.GAME_TTL)
+    cache.set(cache_keys.games_list({"page": 1}), {"cached": True}, cache_keys.LIST_TTL)
+    before = row_versions(session)
+    result = run_catalog_sync(deps, full=True)
+    assert result.status == "succeeded"
+    assert (result.added, result.updated, result.removed, result.unchanged) == (0, 0, 0, 300)
+    assert result.invalidated_keys == 0
+    assert row_versions(session) == before
+    for gid in ids:
+        assert redis_client.exists(cache_keys.game(gid))
+    assert redis_client.exists(cache_keys.games_list({"page": 1}))
+
+
+def test_t016_sync_invalidates_exactly_changed_games_and_catalog_patterns(
+    sim: SimServer, make_deps: Any, session: Session, redis_client: redis_lib.Redis,
+    cache: Cache,
+) -> None:
+    deps = make_deps(sim)
+    run_catalog_sync(deps, full=True)
+    all_ids = game_ids(session, [str(p) for p in sim.state.ids])
+    for gid in all_ids.values():
+        cache.set(cache_keys.game(gid), {"cached": True}, cache_keys.GAME_TTL)
+    list_key = cache_keys.games_list({"search": "x"})
+    cache.set(list_key, {"cached": True}, cache_keys.LIST_TTL)
+    cache.set("catalog:home", {"cached": True}, cache_keys.LIST_TTL)
+
+    mutated = sim_post(sim, "/_sim/mutate", {"changed": 7, "out_of_stock": 3})
+    touched = set(mutated["changed"]) | set(mutated["out_of_stock"])
+    result = run_catalog_sync(deps, full=False)
+    assert result.kind == "incremental" and result.status == "succeeded"
+    assert result.updated == len(touched) == 10 and result.added == 0
+    for pid, gid in all_ids.items():
+        assert redis_client.exists(cache_keys.game(gid)) == (0 if pid in touched else 1), pid
+    assert not redis_client.exists(list_key)
+    assert not redis_client.exists("catalog:home")
+    changed_game = session.execute(
+        select(Game).where(Game.g2a_product_id == mutated["out_of_stock"][0])
+    ).scalar_one()
+    assert changed_game.in_stock is False and changed_game.g2a_qty == 0
+
+
+def test_incremental_lists_from_last_successful_start_minus_overlap(
+    sim: SimServer, make_deps: Any, session: Session,
+) -> None:
+    deps = make_deps(sim)
+    first = run_catalog_sync(deps, full=True)
+    first_run = session.get(SyncRun, first.run_id)
+    assert first_run is not None
+    seen: list[dict[str, Any]] = []
+    original = deps.client.list_products
+
+    def spy(**kwargs: Any) -> Any:  # records the real call's arguments, then makes it
+        seen.append(kwargs)
+        return original(**kwargs)
+
+    deps.client.list_products = spy  # type: ignore[method-assign]
+    result = run_catalog_sync(deps)  # incremental by default
+    assert result.kind == "incremental" and result.status == "succeeded"
+    expected = first_run.started_at - INCREMENTAL_OVERLAP
+    assert {call["updated_at_from"] for call in seen} == {expected}
+    assert all(call["include_out_of_stock"] is True for call in seen)
+    # Nothing was updated after 2024 in the sim, so the incremental listing is one page.
+    assert result.pages == 1 and result.updated == 0 and result.unchanged == 0
+
+
+def test_removal_only_after_complete_full_listing(
+    sim: SimServer, make_deps: Any, session: Session, redis_client: redis_lib.Redis,
+    cache: Cache,
+) -> None:
+    deps = make_deps(sim)
+    run_catalog_sync(deps, full=True)
+    mutated = sim_post(sim, "/_sim/mutate", {"removed": 4, "added": 2})
+    gone = game_ids(session, mutated["removed"])
+    for gid in gone.values():
+        cache.set(cache_keys.game(gid), {"cached": True}, cache_keys.GAME_TTL)
+
+    incremental = run_catalog_sync(deps)
+    assert incremental.added == 2 and incremental.removed == 0  # incremental never removes
+    assert count_games(session, is_active=False) == 0
+
+    full = run_catalog_sync(deps, full=True)
+    assert full.status == "succeeded" and full.removed == 4 and full.added == 0
+    for pid in mutated["removed"]:
+        game = session.execute(select(Game).where(Game.g2a_product_id == pid)).scalar_one()
+        assert (game.is_active, game.in_stock) == (False, False)
+    for gid in gone.values():
+        assert not redis_client.exists(cache_keys.game(gid))
+    assert count_games(session, is_active=True) == 298
+    # A removed product that comes back is active again.
+    again = run_catalog_sync(deps, full=True)
+    assert again.removed == 0 and again.updated == 0
+
+
+def test_page_failures_make_a_partial_run_that_removes_nothing(
+    sim: SimServer, make_deps: Any, session: Session,
+) -> None:
+    deps = make_deps(sim)
+    run_catalog_sync(deps, full=True)
+    sim_post(sim, "/_sim/mutate", {"removed": 5})
+    # 40 % of listing requests fail with 400, which is not retried: some pages are lost.
+    sim_post(sim, "/_sim/faults", {"rate": 0.4, "status": 400, "paths": "/v1/products"})
+    result = run_catalog_sync(deps, full=True)
+    assert result.status == "partial" and result.errors > 0
+    assert result.removed == 0 and count_games(session, is_active=False) == 0
+    run = session.get(SyncRun, result.run_id)
+    assert run is not None and run.status == "partial" and run.errors == result.errors
+    assert run.error_detail
+
+
+def test_429_and_5xx_are_retried(sim: SimServer, make_deps: Any, session: Session) -> None:
+    sim_post(sim, "/_sim/faults", {"rate": 0.3, "status": 503, "count": 6})
+    first = run_catalog_sync(make_deps(sim), full=True)
+    assert first.status == "succeeded" and first.added == 300
+    sim_post(sim, "/_sim/faults", {"rate": 0.3, "status": 429, "count": 6})
+    second = run_catalog_sync(make_deps(sim), full=True)
+    assert second.status == "succeeded" and second.unchanged == 300
+    assert sim_stats(sim)["faults_injected"] == 12
+    assert first.requests > first.pages
+
+
+def test_g2a_down_fails_the_run_and_writes_nothing(make_deps: Any, session: Session) -> None:
+    with SimServer(products=10, rate_limit_per_min=0) as dead:
+        deps = make_deps(dead)
+    result = run_catalog_sync(deps, full=True)  # the server is stopped now
+    assert result.status == "failed" and result.errors == 1 and count_games(session) == 0
+
+
+def test_full_sync_beyond_listing_cap_finds_every_product(
+    make_deps: Any, session: Session,
+) -> None:
+    with SimServer(products=12_000, seed=3, rate_limit_per_min=0) as big:
+        result = run_catalog_sync(make_deps(big, concurrency=8), full=True)
+    assert result.status == "succeeded", result.error_detail
+    assert result.added == 12_000 == result.products_seen
+    assert count_games(session) == 12_000
+
+
+# -- the lock -----------------------------------------------------------------------------------
+
+
+def _slow_sim(latency_ms: int) -> SimServer:
+    server = SimServer(products=300, seed=11, rate_limit_per_min=0).start()
+    sim_post(server, "/_sim/faults", {"rate": 1.0, "latency_ms": latency_ms})
+    return server
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_t017_concurrent_syncs_exactly_one_runs(
+    make_deps: Any, sim: SimServer, redis_client: redis_lib.Redis, session: Session,
+) -> None:
+    slow = _slow_sim(300)
+    try:
+        outcome: dict[str, Any] = {}
+        first = threading.Thread(
+            target=lambda: outcome.update(result=run_catalog_sync(make_deps(slow), full=True))
+        )
+        first.start()
+        _wait_for(lambda: redis_client.exists(SYNC_LOCK) == 1)
+        with pytest.raises(LockHeld) as held:
+            run_catalog_sync(make_deps(sim), full=True)
+        assert held.value.holder
+        first.join(timeout=30)
+        assert outcome["result"].status == "succeeded"
+        assert session.scalar(select(func.count()).select_from(SyncRun)) == 1
+    finally:
+        slow.stop()
+
+
+def test_t017_expired_holder_cannot_commit_over_a_newer_run(
+    make_deps: Any, sim: SimServer, redis_client: redis_lib.Redis, sessions: Any,
+) -> None:
+    slow = _slow_sim(700)
+    try:
+        outcome: dict[str, Any] = {}
+        # A long TTL so the stale holder's renewer does not notice the loss in time: only the
+        # fence stands between it and the newer run's data.
+        stale_deps = make_deps(slow, lock_ttl_ms=600_000)
+        stale = threading.Thread(
+            target=lambda: outcome.update(result=run_catalog_sync(stale_deps, full=True))
+        )
+        stale.start()
+        _wait_for(lambda: redis_client.exists(SYNC_LOCK) == 1)
+        redis_client.delete(SYNC_LOCK)  # the lock "expires" while the holder is paused
+        mutated = sim_post(sim, "/_sim/mutate", {"changed": 20})
+        newer = run_catalog_sync(make_deps(sim), full=True)
+        assert newer.status == "succeeded" and newer.fence_token is not None
+        stale.join(timeout=60)
+        old = outcome["result"]
+        assert old.status == "failed" and old.fence_token < newer.fence_token
+        assert "token" in (old.error_detail or "")
+        assert old.added == 0 and old.updated == 0
+        with sessions() as s:
+            # The newer run's prices stand; the stale holder (listing the unmutated catalog
+            # of its own sim) wrote nothing over them.
+            assert s.scalar(select(func.count()).select_from(Game)) == 300
+            for pid in mutated["changed"]:
+                qty = s.scalar(select(Game.g2a_qty).where(Game.g2a_product_id == pid))
+                assert qty == sim.state.products[int(pid)].qty
+            runs = {r.fence_token: r.status for r in s.scalars(select(SyncRun))}
+            assert runs == {old.fence_token: "failed", newer.fence_token: "succeeded"}
+    finally:
+        slow.stop()
+
+
+def test_clock_is_injected_for_run_start(make_deps: Any, sim: SimServer, session: Session) -> None:
+    when = datetime(2030, 1, 1, tzinfo=UTC)
+    result = run_catalog_sync(make_deps(sim, clock=lambda: when), full=True)
+    run = session.get(SyncRun, result.run_id)
+    assert run is not None and run.started_at == when
+    assert run.finished_at == when and timedelta(0) == run.finished_at - run.started_at
