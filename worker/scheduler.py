@@ -58,7 +58,12 @@ class SchedulerProcess:
 
     def _elect_loop(self) -> None:
         while not self._stopping.is_set():
-            self.runner.step()
+            try:
+                self.runner.step()
+            except Exception:
+                # A bug in one round must not silently end elections for this process:
+                # it would keep renewing nothing and never take over again.
+                self.runner.log.exception("scheduler election round failed")
             self._stopping.wait(self.runner.standby_interval_s)
         # stop() may have run before the scheduler had started; make sure run() returns.
         with contextlib.suppress(SchedulerNotRunningError):

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -197,13 +198,25 @@ def _cmdline(pid: int) -> bytes | None:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    """True while any process of group `pgid` runs. Zombies do not count: after a crash
+    our orphans are reparented to PID 1, which in a container may never reap them."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
         return True
-    return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _kill_group(pgid: int, timeout_s: float, first: signal.Signals = signal.SIGTERM) -> None:
@@ -292,20 +305,33 @@ class Stack:
         path = self.data_dir / PIDS_FILE
         if not path.exists():
             return
+        groups: list[tuple[str, int]] = []
         with contextlib.suppress(ValueError, OSError):
             pids = json.loads(path.read_text())
-            groups = [*pids.get("children", {}).items(), *pids.get("embedded", {}).items()]
-            for name, pid in groups:
-                command = _cmdline(int(pid))
-                # A dead leader whose group still exists is ours: Linux does not reuse a
-                # pid while it is still some group's id.
-                if command is not None and not any(mark in command for mark in _OURS):
-                    continue
-                if _group_alive(int(pid)):
-                    self.say("up", f"stopping leftover {name} (pid {pid}) of an earlier run")
-                    # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for clients.
-                    first = signal.SIGINT if name == "EmbeddedPostgres" else signal.SIGTERM
-                    _kill_group(int(pid), 10, first)
+            groups = [
+                (str(name), int(pid))
+                for name, pid in [*pids["children"].items(), *pids["embedded"].items()]
+            ]
+        leftovers = []
+        for name, pid in groups:
+            command = _cmdline(pid)
+            # A dead leader whose group still exists is ours: Linux does not reuse a pid
+            # while it is still some group's id.
+            if command is not None and not any(mark in command for mark in _OURS):
+                continue
+            if _group_alive(pid):
+                self.say("up", f"stopping leftover {name} (pid {pid}) of an earlier run")
+                # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for clients.
+                first = signal.SIGINT if name == "EmbeddedPostgres" else signal.SIGTERM
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, first)
+                leftovers.append(pid)
+        deadline = time.monotonic() + 10
+        while any(map(_group_alive, leftovers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
         path.unlink(missing_ok=True)
 
     # -- processes -----------------------------------------------------------------------
@@ -371,6 +397,16 @@ class Stack:
         (self.data_dir / PIDS_FILE).unlink(missing_ok=True)
 
 
+def _unreachable_for_postgres(data_dir: Path) -> Path | None:
+    """The first ancestor of `data_dir` the `postgres` user may not traverse (root only)."""
+    if os.geteuid() != 0:
+        return None
+    for parent in reversed(data_dir.parents):
+        if not parent.stat().st_mode & stat.S_IXOTH:
+            return parent
+    return None
+
+
 def _child_env(settings: Settings, data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_")}
     metrics_dir = data_dir / "metrics"
@@ -432,8 +468,9 @@ def up(host: str, port: int, sim_products: int, skip_initial_sync: bool) -> None
             exit_code = EXIT_CONFIG
             return
         exit_code = _bring_up(stack, settings, host, port, sim_products, skip_initial_sync)
-    except EmbeddedError as exc:
-        stack.say("up", f"cannot start an embedded server: {exc}")
+    except (EmbeddedError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", None) or b""
+        stack.say("up", f"cannot start an embedded server: {exc} {detail.decode()[-500:]}")
         exit_code = EXIT_CONFIG
     finally:
         stack.shutdown()
@@ -453,6 +490,14 @@ def _bring_up(
     stack.env = env
     database_url = settings.database_url
     if not database_url:
+        blocked = _unreachable_for_postgres(data_dir)
+        if blocked is not None:
+            stack.say(
+                "up",
+                f"KEYSYNC_DATA_DIR {data_dir}: as root, PostgreSQL runs as the 'postgres' user, "
+                f"which cannot enter {blocked}; choose a data dir outside it or set DATABASE_URL",
+            )
+            return EXIT_CONFIG
         stack.say("up", f"starting embedded PostgreSQL (data in {data_dir / 'postgres'})")
         pg = EmbeddedPostgres(data_dir / "postgres")
         stack.embedded.append(pg)
