@@ -1,5 +1,122 @@
-"""Commands: sync."""
+"""Commands: `keysync sync [--full] [--wait] [--json]` and `keysync stock-check [--wait] [--json]`.
+
+Without `--wait` the actor is enqueued (a worker runs it); with `--wait` the run happens in
+this process, with a progress bar on stderr and a summary on stdout. Exit codes: 0 ok,
+3 another run holds `lock:g2a:sync`, 4 partial, 5 G2A/DB/Redis unreachable (a failed run),
+2 configuration (raised as SettingsError, turned into 2 by the group).
+"""
 
 from __future__ import annotations
 
-from keysync.cli import main  # noqa: F401
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from keysync.cli import EXIT_LOCKED, EXIT_OK, EXIT_PARTIAL, EXIT_UNREACHABLE, main
+from keysync.settings import get_settings
+
+_G2A_SETTINGS = ("g2a_api_url", "g2a_email", "g2a_api_hash", "g2a_api_secret")
+_SUMMARY_FIELDS = ("run_id", "kind", "status", "added", "updated", "unchanged", "removed",
+                   "errors", "pages", "requests", "duration_s")
+
+
+@main.command("sync")
+@click.option("--full", is_flag=True, help="list the whole catalog and deactivate absent games")
+@click.option("--wait", is_flag=True, help="run in the foreground instead of enqueueing")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def sync(full: bool, wait: bool, as_json: bool) -> None:
+    """Catalog sync from G2A (incremental unless --full)."""
+    _command("full" if full else "incremental", wait, as_json)
+
+
+@main.command("stock-check")
+@click.option("--wait", is_flag=True, help="run in the foreground instead of enqueueing")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def stock_check(wait: bool, as_json: bool) -> None:
+    """Refresh stock and prices of known games from one listing of the catalog."""
+    _command("stock", wait, as_json)
+
+
+def _command(kind: str, wait: bool, as_json: bool) -> None:
+    settings = get_settings()
+    # Fail here (exit 2, naming the variable) rather than queue a job that cannot run.
+    settings.require("database_url", "redis_url", "broker_url", *_G2A_SETTINGS)
+    if wait:
+        sys.exit(_run_here(kind, as_json))
+    _enqueue(kind, as_json)
+
+
+def _enqueue(kind: str, as_json: bool) -> None:
+    from jobs import catalog
+
+    if kind == "stock":
+        message = catalog.stock_check.send()
+    else:
+        message = catalog.catalog_sync.send(kind == "full")
+    if as_json:
+        click.echo(json.dumps({"queued": True, "kind": kind, "actor": message.actor_name,
+                               "message_id": message.message_id}))
+    else:
+        click.echo(f"queued {message.actor_name} ({kind}): message {message.message_id}")
+
+
+def _run_here(kind: str, as_json: bool) -> int:
+    from jobs.catalog import sync_deps
+    from keysync.resources import Resources
+    from services.catalog_sync import LockHeld, run_catalog_sync, run_stock_check
+    from services.catalog_sync import Progress as RunProgress
+    from worker import broker
+
+    resources = Resources.build(get_settings(), broker, pool_size=2, name="keysync-cli")
+    err = Console(stderr=True)
+    bar = Progress(TextColumn(f"{kind} sync"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("pages · {task.fields[products]} products"), TimeElapsedColumn(),
+                   console=err, disable=as_json or not err.is_terminal, transient=True)
+    try:
+        with bar:
+            task = bar.add_task("pages", total=None, products=0)
+
+            def on_progress(p: RunProgress) -> None:
+                bar.update(task, completed=p.pages_done, total=p.pages_total, products=p.products)
+
+            deps = sync_deps(resources)
+            try:
+                if kind == "stock":
+                    result = run_stock_check(deps, on_progress=on_progress)
+                else:
+                    result = run_catalog_sync(deps, full=kind == "full", on_progress=on_progress)
+            except LockHeld as held:
+                return _locked(kind, held.holder, as_json, err)
+    finally:
+        resources.close()
+    payload = result.as_dict()
+    code = {"succeeded": EXIT_OK, "partial": EXIT_PARTIAL}.get(result.status, EXIT_UNREACHABLE)
+    if as_json:
+        click.echo(json.dumps(payload, default=str))
+    else:
+        _summary(payload)
+    if code != EXIT_OK:
+        err.print(f"[red]{kind} sync {result.status}[/]: {result.error_detail or ''}")
+    return code
+
+
+def _locked(kind: str, holder: str | None, as_json: bool, err: Console) -> int:
+    if as_json:
+        click.echo(json.dumps({"run_id": None, "kind": kind, "status": "locked",
+                               "error": "another sync holds lock:g2a:sync"}))
+    err.print(f"[yellow]another sync or stock check holds lock:g2a:sync[/] (holder {holder})")
+    return EXIT_LOCKED
+
+
+def _summary(payload: dict[str, Any]) -> None:
+    table = Table(title=f"{payload['kind']} sync: {payload['status']}", show_header=False)
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for name in _SUMMARY_FIELDS:
+        table.add_row(name, str(payload[name]))
+    Console().print(table)
