@@ -3,8 +3,8 @@
 Receiving (`verify` then `store`): the signature is checked against every configured secret
 (rotation) before the body is parsed or anything is stored; the event is then inserted with
 `ON CONFLICT (event_id) DO NOTHING`, so a redelivery of the same `webhook-id` is answered 200
-and has no second effect. The insert and the `process_webhook_event` job are staged in one
-transaction (job outbox), so an accepted event is never left without a job.
+and has no second effect. `process_webhook_event` is sent after the commit; an event whose
+job never arrives is still an unprocessed row, which the sweeper re-sends.
 
 Processing (`process_event`): one transaction locks the event row, resolves the order,
 applies the status through `order_status.apply` (which row-locks the order) and marks the
@@ -28,11 +28,18 @@ from typing import Any
 
 import dramatiq
 import structlog
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import G2APurchase, G2APurchaseStatus, OrderItem, OrderStatus, WebhookEvent
+from db.models import (
+    G2APurchase,
+    G2APurchaseStatus,
+    Order,
+    OrderItem,
+    OrderStatus,
+    WebhookEvent,
+)
 from services import job_outbox, order_status
 from services.cache import Cache
 
@@ -166,7 +173,13 @@ def parse(body: bytes) -> WebhookPayload:
 def store(
     sessions: sessionmaker[Session], broker: dramatiq.Broker, msg_id: str, payload: WebhookPayload
 ) -> bool:
-    """Insert the event once and queue its processing; False for a duplicate `webhook-id`."""
+    """Insert the event once and queue its processing; False for a duplicate `webhook-id`.
+
+    The inbox row is its own outbox: once it is committed the event cannot be lost, so the
+    job is sent directly after commit, and if the broker is down (or we die first) the
+    sweeper finds the unprocessed row and sends it then. That saves the job-outbox round
+    trips on the hottest write path.
+    """
     with sessions() as session, session.begin():
         inserted = session.execute(
             pg_insert(WebhookEvent)
@@ -174,10 +187,13 @@ def store(
             .on_conflict_do_nothing(index_elements=[WebhookEvent.event_id])
             .returning(WebhookEvent.id)
         ).scalar_one_or_none()
-        if inserted is None:
-            return False
-        outbox_id = job_outbox.stage(session, PROCESS_ACTOR, msg_id)
-    job_outbox.dispatch(sessions, broker, [outbox_id])
+    if inserted is None:
+        return False
+    try:
+        job_outbox.send(broker, PROCESS_ACTOR, msg_id)
+    except Exception as exc:
+        log.warning("broker unavailable; webhook left for the sweeper", webhook_id=msg_id,
+                    error=str(exc))
     return True
 
 
@@ -192,18 +208,16 @@ class ProcessResult:
     transition: order_status.Transition | None = None
 
 
-def _resolve_order(session: Session, data: dict[str, Any]) -> uuid.UUID | None:
+def _lock_target_order(session: Session, data: dict[str, Any]) -> Order | None:
+    """Row-lock the order the event is about; None while it is unknown (an orphan)."""
     if data.get("order_id"):
-        order_id = uuid.UUID(str(data["order_id"]))
-        exists = session.scalar(
-            text("SELECT 1 FROM orders WHERE id = :id"), {"id": order_id}
-        )
-        return order_id if exists else None
-    return session.scalar(
+        return order_status.lock_order(session, uuid.UUID(str(data["order_id"])))
+    order_id = session.scalar(
         select(OrderItem.order_id)
         .join(G2APurchase, G2APurchase.order_item_id == OrderItem.id)
         .where(G2APurchase.g2a_order_id == str(data["external_order_id"]))
     )
+    return None if order_id is None else order_status.lock_order(session, order_id)
 
 
 def process_event(
@@ -242,15 +256,13 @@ def _process_in_transaction(
     event.attempts += 1
     data = event.payload.get("data", {})
     status = order_status.parse_status(str(data.get("status", "")))
-    order_id = _resolve_order(session, data)
-    if order_id is None:
+    order = _lock_target_order(session, data)
+    if order is None:
         event.outcome = OUTCOME_ORPHAN
         return ProcessResult(event_id, OUTCOME_ORPHAN)
 
-    bound = log.bind(order_id=str(order_id), webhook_id=event_id, status=status.value)
+    bound = log.bind(order_id=str(order.id), webhook_id=event_id, status=status.value)
     external = data.get("external_order_id") if not data.get("order_id") else None
-    order = order_status.lock_order(session, order_id)
-    assert order is not None  # resolved above; orders are never deleted
     source = f"webhook:{event_id}"
     if external is not None and status is OrderStatus.COMPLETED:
         # A G2A order is done: its key is ready. The order itself completes only when every
