@@ -32,3 +32,32 @@ SCHEDULER_IS_LEADER = Gauge(
     "1 while this scheduler process holds the leader lock",
     multiprocess_mode="livesum",
 )
+
+# Declared here for the modules that own these events (G2A client, webhook inbox, catalog
+# sync) so every series exists in every process; each owner increments its own.
+G2A_REQUESTS = Counter(
+    "keysync_g2a_requests_total",
+    "G2A Export API responses by endpoint (route template) and HTTP status",
+    ["endpoint", "status"],
+)  # status "error" for transport failures (no response)
+G2A_RATE_LIMITED = Counter(
+    "keysync_g2a_rate_limited_total",
+    "G2A 429 BR03 answers, by endpoint (also counted in keysync_g2a_requests_total)",
+    ["endpoint"],
+)
+G2A_REQUEST_SECONDS = Histogram(
+    "keysync_g2a_request_seconds",
+    "G2A Export API request latency",
+    ["endpoint"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WEBHOOK_EVENTS = Counter(
+    "keysync_webhook_events_total",
+    "Webhook deliveries and their processing, by outcome",
+    ["outcome"],
+)  # accepted | duplicate | bad_signature | bad_request | too_large | processed | orphan | dead
+SYNC_PRODUCTS = Counter(
+    "keysync_sync_products_total",
+    "Products seen by catalog syncs and stock checks, by outcome",
+    ["kind", "outcome"],
+)  # kind full|incremental|stock; outcome added|updated|unchanged|removed|error
