@@ -1,0 +1,85 @@
+"""`catalog_sync` / `stock_check` actors on the real Redis broker and a real dramatiq Worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+import redis as redis_lib
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import SyncRun
+from g2a_sim import SimServer
+from keysync.resources import Resources
+from services.locks import SYNC_LOCK
+from worker._resources import ResourcesMiddleware
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with SimServer(products=120, seed=9, rate_limit_per_min=0) as server:
+        yield server
+
+
+@pytest.fixture
+def g2a_worker(broker: Any, settings: Any, sim: SimServer) -> Iterator[dramatiq.Worker]:
+    """A real worker whose per-process resources carry the simulator's G2A settings (the
+    suite's environment has none, on purpose)."""
+    import jobs  # noqa: F401  (declare every actor)
+
+    configured = settings.model_copy(update={
+        "g2a_api_url": sim.url,
+        "g2a_email": sim.config.email,
+        "g2a_api_hash": type(settings.g2a_api_hash)(sim.config.api_hash),
+        "g2a_api_secret": type(settings.g2a_api_secret)(sim.config.api_secret),
+        "g2a_rate_limit_per_min": 600_000,
+    })
+    middleware = next(m for m in broker.middleware if isinstance(m, ResourcesMiddleware))
+    previous = middleware.resources
+    middleware.resources = Resources.build(configured, broker, name="test-catalog-jobs")
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        if middleware.resources is not None:
+            middleware.resources.close()
+        middleware.resources = previous
+
+
+def _runs(session: Session) -> list[tuple[str, str, int]]:
+    session.expire_all()
+    return [(r.kind, r.status, r.added) for r in
+            session.scalars(select(SyncRun).order_by(SyncRun.started_at))]
+
+
+def test_actors_run_sync_and_stock_check(g2a_worker: dramatiq.Worker, broker: Any,
+                                         session: Session) -> None:
+    from jobs.catalog import catalog_sync, stock_check
+
+    catalog_sync.send(True)
+    broker.join(catalog_sync.queue_name, timeout=30_000)
+    g2a_worker.join()
+    stock_check.send()
+    broker.join(stock_check.queue_name, timeout=30_000)
+    g2a_worker.join()
+    assert _runs(session) == [("full", "succeeded", 120), ("stock", "succeeded", 0)]
+
+
+def test_lock_held_is_skipped_not_retried(g2a_worker: dramatiq.Worker, broker: Any,
+                                          session: Session,
+                                          redis_client: redis_lib.Redis) -> None:
+    from jobs.catalog import catalog_sync
+
+    redis_client.set(SYNC_LOCK, "someone-else", px=30_000)
+    catalog_sync.send(False)
+    broker.join(catalog_sync.queue_name, timeout=30_000)
+    g2a_worker.join()
+    assert _runs(session) == []
+    # Processed once and acknowledged: nothing waits for a retry, nothing was dead-lettered.
+    assert not redis_client.hlen("dramatiq:default.msgs")
+    assert not redis_client.exists("dramatiq:default.DQ.msgs")
