@@ -298,3 +298,20 @@ def test_worker_killed_mid_fulfilment_completes_with_one_payment_per_key(
     assert stats["orders_paid"] == 2 and stats["payments"] == 2 and stats["keys_issued"] == 2
     assert {u.g2a_order_id for u in units} <= set(sim.state.orders)
     _assert_invariants(resources, sim)
+
+
+@pytest.mark.slow
+def test_worker_requeues_itself_until_the_key_is_ready(resources: Any, sim: SimServer) -> None:
+    """No poller here: the actor re-sends itself with a delay while G2A says ORD03."""
+    httpx.post(sim.url + "/_sim/config", json={"key_delay_s": 2})
+    game = sim_game(resources.sessions, sim)
+    worker = _start_worker(sim)
+    try:
+        order_id, _ = _order(resources, [(game, 1)])
+        wait_for(lambda: _status(resources, order_id) is OrderStatus.COMPLETED, timeout_s=30)
+    finally:
+        _kill(worker)
+    stats = sim_stats(sim)
+    assert stats["payments"] == 1 and stats["keys_issued"] == 1
+    assert stats["key_requests_rejected"] >= 1  # it did wait for the key
+    _assert_invariants(resources, sim)
