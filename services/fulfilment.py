@@ -89,12 +89,26 @@ class FulfilmentResult:
 
 
 class _Stop(Exception):
-    """Ends the run with `outcome` after the current transaction commits."""
+    """Ends the run with `outcome`; the current step's transaction is rolled back."""
 
     def __init__(self, outcome: Outcome, reason: str) -> None:
         super().__init__(reason)
         self.outcome = outcome
         self.reason = reason
+
+
+class _StopAfterCommit(_Stop):
+    """Ends the run, but the step's writes (failed unit, FAILED order, refund) commit first."""
+
+
+@dataclass
+class _Tx:
+    """One fulfilment step: a transaction holding the order row lock."""
+
+    session: Session
+    order: Order
+    # job_outbox rows staged in this transaction, dispatched after its commit
+    outbox_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -122,23 +136,22 @@ class Fulfiller:
     # --- transactions ------------------------------------------------------------------
 
     @contextmanager
-    def _locked(self, result: FulfilmentResult) -> Iterator[tuple[Session, Order]]:
-        """A transaction holding the order row lock; transitions made inside it are
-        invalidated and orphan webhooks dispatched after the commit."""
-        outbox_ids: list[int] = []
+    def _locked(self, result: FulfilmentResult) -> Iterator[_Tx]:
+        """A transaction holding the order row lock; after its commit, transitions made in
+        it are invalidated and the jobs it staged are dispatched."""
         before = len(result.transitions)
         stop: _StopAfterCommit | None = None
         with self.sessions() as session, session.begin():
             order = order_status.lock_order(session, result.order_id)
             if order is None:
                 raise _Stop(Outcome.SKIPPED, "order not found")
-            session.info["outbox_ids"] = outbox_ids
+            tx = _Tx(session, order)
             try:
-                yield session, order
+                yield tx
             except _StopAfterCommit as exc:
                 stop = exc  # commit the failure (row state, refund), then stop
-        if outbox_ids:
-            job_outbox.dispatch(self.sessions, self.broker, outbox_ids)
+        if tx.outbox_ids:
+            job_outbox.dispatch(self.sessions, self.broker, tx.outbox_ids)
         for transition in result.transitions[before:]:
             if transition.changed:
                 self.cache.invalidate(transition.cache_keys)
@@ -146,27 +159,28 @@ class Fulfiller:
             raise stop
 
     def _transition(
-        self, session: Session, order: Order, target: OrderStatus, result: FulfilmentResult
+        self, tx: _Tx, target: OrderStatus, result: FulfilmentResult
     ) -> order_status.Transition:
         transition = order_status.apply(
-            session, order.id, target, source="fulfilment", order=order
+            tx.session, tx.order.id, target, source="fulfilment", order=tx.order
         )
         assert transition is not None  # the order is locked, so it exists
         result.transitions.append(transition)
         return transition
 
     def _start(self, result: FulfilmentResult) -> list[Unit]:
-        with self._locked(result) as (session, order):
+        with self._locked(result) as tx:
+            order = tx.order
             if order.status in order_status.REFUNDING:
                 raise _Stop(Outcome.SKIPPED, f"order is {order.status.value}")
             if order.status is OrderStatus.PENDING:
-                self._transition(session, order, OrderStatus.PROCESSING, result)
+                self._transition(tx, OrderStatus.PROCESSING, result)
             elif (
                 order.status is OrderStatus.COMPLETED
-                and order_status.undelivered_units(session, order.id) == 0
+                and order_status.undelivered_units(tx.session, order.id) == 0
             ):
                 raise _Stop(Outcome.SKIPPED, "order already completed")
-            rows = session.execute(
+            rows = tx.session.execute(
                 select(OrderItem.id, OrderItem.quantity, OrderItem.unit_price, Game.g2a_product_id)
                 .join(Game, Game.id == OrderItem.game_id)
                 .where(OrderItem.order_id == order.id)
@@ -179,10 +193,10 @@ class Fulfiller:
         ]
 
     def _finish(self, result: FulfilmentResult) -> None:
-        with self._locked(result) as (session, order):
-            if order.status in order_status.REFUNDING:
-                raise _Stop(Outcome.FAILED, f"order is {order.status.value}")
-            transition = self._transition(session, order, OrderStatus.COMPLETED, result)
+        with self._locked(result) as tx:
+            if tx.order.status in order_status.REFUNDING:
+                raise _Stop(Outcome.FAILED, f"order is {tx.order.status.value}")
+            transition = self._transition(tx, OrderStatus.COMPLETED, result)
             if transition.needs_fulfilment:  # a unit is not DELIVERED yet
                 raise _Stop(Outcome.PENDING, "keys missing")
             result.outcome = Outcome.COMPLETED
@@ -192,10 +206,10 @@ class Fulfiller:
     def _deliver_unit(self, unit: Unit, result: FulfilmentResult) -> None:
         # At most three committed steps (create, pay, key); each re-reads the stored state.
         for _ in range(4):
-            with self._locked(result) as (session, order):
-                if order.status in order_status.REFUNDING:
-                    raise _Stop(Outcome.FAILED, f"order is {order.status.value}")
-                row = session.execute(
+            with self._locked(result) as tx:
+                if tx.order.status in order_status.REFUNDING:
+                    raise _Stop(Outcome.FAILED, f"order is {tx.order.status.value}")
+                row = tx.session.execute(
                     select(G2APurchase).where(
                         G2APurchase.order_item_id == unit.item_id,
                         G2APurchase.unit_index == unit.unit_index,
@@ -203,31 +217,25 @@ class Fulfiller:
                 ).scalar_one_or_none()
                 if row is not None and row.status is G2APurchaseStatus.DELIVERED:
                     return
-                self._step(session, order, unit, row, result)
+                self._step(tx, unit, row, result)
         raise RuntimeError("unit did not settle in three steps")  # unreachable by design
 
     def _step(
-        self,
-        session: Session,
-        order: Order,
-        unit: Unit,
-        row: G2APurchase | None,
-        result: FulfilmentResult,
+        self, tx: _Tx, unit: Unit, row: G2APurchase | None, result: FulfilmentResult
     ) -> None:
         bound = log.bind(order_item_id=unit.item_id, unit_index=unit.unit_index)
         if row is None:
-            self._create(session, order, unit, result, bound)
+            self._create(tx, unit, result, bound)
         elif row.status is G2APurchaseStatus.CREATED:
-            self._pay(session, order, row, result, bound)
+            self._pay(tx, row, result, bound)
         elif row.status is G2APurchaseStatus.PAID:
-            self._fetch_key(session, order, row, result, bound)
+            self._fetch_key(tx, row, result, bound)
         else:  # FAILED or KEY_LOST: the order was failed with it, in the same transaction
-            self._fail(session, order, result, f"unit is {row.status.value}")
+            self._fail(tx, result, f"unit is {row.status.value}")
 
     def _create(
         self,
-        session: Session,
-        order: Order,
+        tx: _Tx,
         unit: Unit,
         result: FulfilmentResult,
         bound: structlog.typing.FilteringBoundLogger,
@@ -238,7 +246,7 @@ class Fulfiller:
             )
         except _UNRECOVERABLE as exc:
             bound.warning("g2a refused the order", error_code=exc.code)
-            session.add(
+            tx.session.add(
                 G2APurchase(
                     order_item_id=unit.item_id,
                     unit_index=unit.unit_index,
@@ -246,12 +254,12 @@ class Fulfiller:
                     last_error=str(exc),
                 )
             )
-            self._fail(session, order, result, f"g2a create_order: {exc.code}")
+            self._fail(tx, result, f"g2a create_order: {exc.code}")
         except G2AError as exc:
             # Unknown outcome (timeout) included: at worst G2A holds an unpaid orphan order,
             # which costs nothing; we only ever pay orders we stored.
             self._pending(exc, bound, "create_order")
-        session.add(
+        tx.session.add(
             G2APurchase(
                 order_item_id=unit.item_id,
                 unit_index=unit.unit_index,
@@ -260,17 +268,14 @@ class Fulfiller:
                 price=created.price,
             )
         )
-        session.flush()
+        tx.session.flush()
         # A G2A webhook may have beaten this commit; apply it now that the order is known.
-        session.info["outbox_ids"].extend(
-            webhooks.stage_orphans(session, g2a_order_id=created.order_id)
-        )
+        tx.outbox_ids += webhooks.stage_orphans(tx.session, g2a_order_id=created.order_id)
         bound.info("g2a order created", g2a_order_id=created.order_id, price=str(created.price))
 
     def _pay(
         self,
-        session: Session,
-        order: Order,
+        tx: _Tx,
         row: G2APurchase,
         result: FulfilmentResult,
         bound: structlog.typing.FilteringBoundLogger,
@@ -283,7 +288,7 @@ class Fulfiller:
             row.status = G2APurchaseStatus.FAILED
             row.last_error = str(exc)
             row.updated_at = func.now()
-            self._fail(session, order, result, f"g2a pay_order: {exc.code}")
+            self._fail(tx, result, f"g2a pay_order: {exc.code}")
         except G2AError as exc:
             self._pending(exc, bound, "pay_order")
         row.status = G2APurchaseStatus.PAID
@@ -293,8 +298,7 @@ class Fulfiller:
 
     def _fetch_key(
         self,
-        session: Session,
-        order: Order,
+        tx: _Tx,
         row: G2APurchase,
         result: FulfilmentResult,
         bound: structlog.typing.FilteringBoundLogger,
@@ -314,7 +318,7 @@ class Fulfiller:
             row.status = G2APurchaseStatus.KEY_LOST
             row.last_error = str(exc)
             row.updated_at = func.now()
-            self._fail(session, order, result, "g2a key already downloaded")
+            self._fail(tx, result, "g2a key already downloaded")
         except G2AError as exc:
             self._pending(exc, bound, "get_key")
         row.key_encrypted = Fernet(self.key_encryption_key.encode()).encrypt(key.encode())
@@ -325,14 +329,9 @@ class Fulfiller:
 
     # --- outcomes ----------------------------------------------------------------------
 
-    def _fail(
-        self, session: Session, order: Order, result: FulfilmentResult, reason: str
-    ) -> NoReturn:
+    def _fail(self, tx: _Tx, result: FulfilmentResult, reason: str) -> NoReturn:
         """FAIL the order (refund exactly once) in this transaction, then stop the run."""
-        transition = self._transition(session, order, OrderStatus.FAILED, result)
-        if not transition.changed and order.status is OrderStatus.COMPLETED:
-            log.error("ALERT order completed by webhook but a unit failed", reason=reason,
-                      alert="completed_order_unit_failed")
+        self._transition(tx, OrderStatus.FAILED, result)
         raise _StopAfterCommit(Outcome.FAILED, reason)
 
     @staticmethod
@@ -346,6 +345,3 @@ class Fulfiller:
             level("g2a call failed; will retry", call=call, error_code=exc.code)
         raise _Stop(Outcome.PENDING, f"{call}: {exc.code}")
 
-
-class _StopAfterCommit(_Stop):
-    """Like _Stop, but the transaction's writes (failed row, refund) must be kept."""
