@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._support import percentiles, postgres_server, print_table, redis_server  # noqa: E402
+from bench._support import percentiles, postgres_server, print_table, redis_server
 
 
 def main() -> None:

@@ -281,6 +281,11 @@ def test_worker_killed_mid_fulfilment_completes_with_one_payment_per_key(
     assert _status(resources, order_id) is OrderStatus.PROCESSING
     time.sleep(3)  # let the simulator finish the request the dead worker started
     httpx.delete(sim.url + "/_sim/faults")
+    stuck = [u for u in _units(resources, order_id) if u.status is killed_at]
+    assert len(stuck) == 1
+    if stage == "after_create":
+        # the worst case: G2A took the money, we never recorded it
+        assert sim.state.orders[stuck[0].g2a_order_id].transaction_id is not None  # type: ignore[index]
 
     second = _start_worker(sim)
     try:
