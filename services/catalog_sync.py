@@ -24,6 +24,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import contextvars
 import math
 import time
 import uuid
@@ -210,7 +211,10 @@ class _Listing:
 
         def submit(state: _RangeState, page: int) -> None:
             state.pending += 1
-            inflight[pool.submit(self._fetch, state.rng, page)] = (state, page)
+            # A context copy per task: the fetch threads' log lines then carry the run_id
+            # (and job ids) bound by the caller; one Context cannot be entered twice at once.
+            ctx = contextvars.copy_context()
+            inflight[pool.submit(ctx.run, self._fetch, state.rng, page)] = (state, page)
 
         try:
             for rng in ranges:
@@ -366,9 +370,11 @@ class _Writer:
         self._stock_only = stock_only
         self._buffer: dict[str, tuple[G2AProduct, Decimal]] = {}
         self.seen: set[str] = set()
+        self.received = 0
         self.changed = False
 
     def add(self, products: list[G2AProduct]) -> None:
+        self.received += len(products)
         for product in products:
             g2a_price = product.g2a_price
             if g2a_price is None:
@@ -514,7 +520,7 @@ def _run_locked(
                 _publish(deps.redis, result, listing, started_at, final=False)
             if on_progress is not None:
                 on_progress(Progress(listing.pages_done, listing.pages_total,
-                                     len(writer.seen), listing.errors))
+                                     writer.received, listing.errors))
         if kind is SyncKind.FULL and listing.errors == 0:
             # Anything that changed (and so maybe changed price range) while we listed.
             for products in listing.run([_Range(updated_from=started_at - INCREMENTAL_OVERLAP)]):
