@@ -240,12 +240,10 @@ class ScheduleRunner:
         """Graceful stop: release the lock so a standby takes over at its next attempt."""
         lock, self._lock = self._lock, None
         SCHEDULER_IS_LEADER.set(0)
-        if lock is None:
-            return
         try:
-            lock.release()
-            self.client.delete(STATE_KEY)
             self.client.hdel(MEMBERS_KEY, self.identity)
+            if lock is not None and lock.release():
+                self.client.delete(STATE_KEY)
         except redis.RedisError as exc:
             self.log.warning("could not release scheduler leadership", error=str(exc))
 

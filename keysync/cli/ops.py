@@ -177,9 +177,6 @@ SIM_API_SECRET = "sim-api-secret"
 
 _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
 PIDS_FILE = "up.pids"
-# Command lines we are willing to kill as leftovers of an earlier `keysync up`: a pid
-# reused by an unrelated program must never be signalled.
-_OURS = (b"keysync", b"dramatiq", b"redis-server", b"g2a_sim", b"uvicorn")
 
 
 def _mask(url: str) -> str:
@@ -190,10 +187,12 @@ def _mask(url: str) -> str:
     return url
 
 
-def _cmdline(pid: int) -> bytes | None:
+def _started_at(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot): with the pid, a process
+    identity that survives pid reuse. None if there is no such process."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
         return None
 
 
@@ -288,12 +287,19 @@ class Stack:
     # -- leftovers of a crashed run ------------------------------------------------------
 
     def record(self) -> None:
+        """Write what is running now (pid and start time of each process group leader)."""
+
+        def identity(process: subprocess.Popen[bytes] | None) -> list[Any] | None:
+            if process is None or process.poll() is not None:
+                return None
+            return [process.pid, _started_at(process.pid)]
+
+        running = {c.name: identity(c.process) for c in self.children}
+        embedded = {type(e).__name__: identity(e.process) for e in self.embedded}
         pids = {
             "up": os.getpid(),
-            "children": {c.name: c.process.pid for c in self.children},
-            "embedded": {
-                type(e).__name__: e.process.pid for e in self.embedded if e.process is not None
-            },
+            "children": {k: v for k, v in running.items() if v},
+            "embedded": {k: v for k, v in embedded.items() if v},
         }
         tmp = self.data_dir / f"{PIDS_FILE}.tmp"
         tmp.write_text(json.dumps(pids))
@@ -305,19 +311,20 @@ class Stack:
         path = self.data_dir / PIDS_FILE
         if not path.exists():
             return
-        groups: list[tuple[str, int]] = []
-        with contextlib.suppress(ValueError, OSError):
+        groups: list[tuple[str, int, str | None]] = []
+        with contextlib.suppress(ValueError, OSError, KeyError, TypeError):
             pids = json.loads(path.read_text())
             groups = [
-                (str(name), int(pid))
-                for name, pid in [*pids["children"].items(), *pids["embedded"].items()]
+                (str(name), int(pid), started)
+                for name, (pid, started) in [*pids["children"].items(), *pids["embedded"].items()]
             ]
         leftovers = []
-        for name, pid in groups:
-            command = _cmdline(pid)
-            # A dead leader whose group still exists is ours: Linux does not reuse a pid
+        for name, pid, started in groups:
+            # A pid now used by another program (other start time) is never signalled. A
+            # dead leader whose group still has members is ours: Linux does not reuse a pid
             # while it is still some group's id.
-            if command is not None and not any(mark in command for mark in _OURS):
+            now_started = _started_at(pid)
+            if now_started is not None and now_started != started:
                 continue
             if _group_alive(pid):
                 self.say("up", f"stopping leftover {name} (pid {pid}) of an earlier run")

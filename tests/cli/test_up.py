@@ -97,7 +97,7 @@ class Up:
 
 def _pids(data_dir: Path) -> list[int]:
     recorded = json.loads((data_dir / "up.pids").read_text())
-    return [*recorded["children"].values(), *recorded["embedded"].values()]
+    return [pid for pid, _ in [*recorded["children"].values(), *recorded["embedded"].values()]]
 
 
 def _alive(pid: int) -> bool:
