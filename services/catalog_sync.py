@@ -512,19 +512,22 @@ def _run_locked(
     status = SyncStatus.FAILED
     crashed = False
     try:
+
+        def consume(rng: _Range) -> None:
+            for products in listing.run([rng]):
+                writer.add(products)
+                result.pages = listing.pages_ok
+                if listing.pages_done % 10 == 0:
+                    _publish(deps.redis, result, listing, started_at, final=False)
+                if on_progress is not None:
+                    on_progress(Progress(listing.pages_done, listing.pages_total,
+                                         writer.received, listing.errors))
+
         _publish(deps.redis, result, listing, started_at, final=False)
-        for products in listing.run([_Range(updated_from=updated_from)]):
-            writer.add(products)
-            result.pages = listing.pages_ok
-            if listing.pages_done % 10 == 0:
-                _publish(deps.redis, result, listing, started_at, final=False)
-            if on_progress is not None:
-                on_progress(Progress(listing.pages_done, listing.pages_total,
-                                     writer.received, listing.errors))
+        consume(_Range(updated_from=updated_from))
         if kind is SyncKind.FULL and listing.errors == 0:
             # Anything that changed (and so maybe changed price range) while we listed.
-            for products in listing.run([_Range(updated_from=started_at - INCREMENTAL_OVERLAP)]):
-                writer.add(products)
+            consume(_Range(updated_from=started_at - INCREMENTAL_OVERLAP))
         writer.flush()
         result.errors = listing.errors
         if kind is SyncKind.FULL and listing.errors == 0:

@@ -385,3 +385,31 @@ def test_clock_is_injected_for_run_start(make_deps: Any, sim: SimServer, session
     run = session.get(SyncRun, result.run_id)
     assert run is not None and run.started_at == when
     assert run.finished_at == when and timedelta(0) == run.finished_at - run.started_at
+
+
+def test_ranges_split_by_price_then_by_update_time() -> None:
+    from services.catalog_sync import _Range
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    low, high = _Range().split(now) or (None, None)
+    assert low == _Range(price_lo=0, price_hi=1000) and high == _Range(price_lo=1001)
+    assert _Range(price_lo=1001).split(now) == (
+        _Range(price_lo=1001, price_hi=2002), _Range(price_lo=2003))
+    assert _Range(price_lo=0, price_hi=1000).split(now) == (
+        _Range(price_lo=0, price_hi=500), _Range(price_lo=501, price_hi=1000))
+    # One price point over the cap: halves of the update-time window, no gap, no overlap.
+    early, late = _Range(price_lo=999, price_hi=999).split(now) or (None, None)
+    assert early is not None and late is not None
+    assert early.price_lo == late.price_lo == 999 and early.updated_to is not None
+    assert late.updated_from == early.updated_to + timedelta(seconds=1)
+    second = datetime(2025, 1, 1, tzinfo=UTC)
+    assert _Range(price_lo=5, price_hi=5, updated_from=second,
+                  updated_to=second + timedelta(seconds=1)).split(now) is None
+
+
+def test_progress_is_reported_per_page(sim: SimServer, make_deps: Any) -> None:
+    seen: list[Any] = []
+    result = run_catalog_sync(make_deps(sim), full=True, on_progress=seen.append)
+    assert len(seen) == result.pages
+    assert [p.pages_done for p in seen] == list(range(1, result.pages + 1))
+    assert seen[-1].pages_done == seen[-1].pages_total and seen[-1].products == 300
