@@ -26,6 +26,7 @@ import dramatiq
 import structlog
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from prometheus_client import Counter
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,6 +44,13 @@ PASSWORD_HASHER = PasswordHasher()
 EMAIL_INDEX = "users_email_lower_key"
 MAX_BALANCE = Decimal("9999999999.99")  # numeric(12,2)
 WELCOME_SUBJECT = "Welcome to keysync"
+
+AUTH_EVENTS = Counter(
+    "keysync_auth_events_total", "Registrations and logins by outcome", ["event", "outcome"]
+)  # register: created | email_taken; login: ok | bad_credentials
+GUEST_MIGRATIONS_STARTED = Counter(
+    "keysync_guest_migrations_started_total", "Guest migrations started at login", ["mode"]
+)  # queued | inline (broker refused)
 
 MigrationOutcome = Literal["queued", "done", "none"]
 Defer = Callable[[Callable[[], object]], object]
@@ -122,6 +130,7 @@ def register(
         except IntegrityError as exc:
             _raise_if_email_taken(exc)
             raise
+    AUTH_EVENTS.labels("register", "created").inc()
     bound = log.bind(user_id=str(user.id))
     bound.info("user registered")
 
@@ -145,6 +154,7 @@ def _insert_user(session: Session, email: str, password_hash: str, name: str) ->
 def _raise_if_email_taken(exc: IntegrityError) -> None:
     diag = getattr(exc.orig, "diag", None)
     if getattr(diag, "constraint_name", None) == EMAIL_INDEX:
+        AUTH_EVENTS.labels("register", "email_taken").inc()
         raise EmailTaken("email already registered") from None
 
 
@@ -193,8 +203,10 @@ def login(
         # Spend the same argon2 time as a real check so response timing does not reveal
         # which emails have accounts.
         _verify(hasher, _dummy_hash(hasher), password)
+        AUTH_EVENTS.labels("login", "bad_credentials").inc()
         raise InvalidCredentials()
     if not _verify(hasher, user.password_hash, password):
+        AUTH_EVENTS.labels("login", "bad_credentials").inc()
         raise InvalidCredentials()
     bound = log.bind(user_id=str(user.id))
     if hasher.check_needs_rehash(user.password_hash):
@@ -203,6 +215,7 @@ def login(
     outcome: MigrationOutcome = "none"
     if session_id is not None:
         outcome = _start_migration(sessions, cache, broker, session_id, user.id, bound)
+    AUTH_EVENTS.labels("login", "ok").inc()
     bound.info("user logged in", migration=outcome)
     return AuthResult(user=user, token=issue_token(settings, user.id), migration=outcome)
 
@@ -241,12 +254,14 @@ def _start_migration(
             return "none"
     try:
         job_outbox.send(broker, "migrate_guest_data", session_id, str(user_id))
+        GUEST_MIGRATIONS_STARTED.labels("queued").inc()
         return "queued"
     except Exception as exc:
         # Deliberately not the outbox: the guest expects to see their cart now, not when the
         # broker comes back. The migration is idempotent, so a message that did reach the
         # broker despite the error is harmless.
         bound.warning("broker unavailable; migrating guest data inline", error=str(exc))
+    GUEST_MIGRATIONS_STARTED.labels("inline").inc()
     with sessions() as session:
         migration.migrate_guest_data(session, cache, session_id, user_id)
     return "done"

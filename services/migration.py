@@ -18,6 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 
 import structlog
+from prometheus_client import Counter
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -27,6 +28,10 @@ from services.cache import Cache, keys
 from services.cart import MAX_QUANTITY
 
 log = structlog.get_logger(__name__)
+
+MIGRATION_ROWS = Counter(
+    "keysync_guest_migration_rows_total", "Guest cart/wishlist rows by fate", ["fate"]
+)  # migrated | merged | skipped_unavailable | skipped_duplicate
 
 
 @dataclass
@@ -87,6 +92,13 @@ def migrate_guest_data(
             return result
         _migrate_cart(session, session_id, user_id, result)
         _migrate_wishlist(session, session_id, user_id, result)
+    for fate, rows in (
+        ("migrated", result.migrated),
+        ("merged", result.merged),
+        ("skipped_unavailable", result.skipped_unavailable),
+        ("skipped_duplicate", result.skipped_duplicates),
+    ):
+        MIGRATION_ROWS.labels(fate).inc(rows)
     # Unconditionally: a run that finds nothing may be the redelivery of one that committed
     # and died before invalidating, and four UNLINKs cost less than a stale 24 h guest cart.
     cache.invalidate(cache_keys_for(session_id, user_id))

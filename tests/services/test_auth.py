@@ -162,6 +162,8 @@ def test_login_queues_migration_or_runs_it_inline(sessions: Any, session: Any, c
                          password="password1", hasher=FAST).user
     redis_client.delete("dramatiq:default")  # the welcome email
     _guest_cart(session, "sid-1")
+    started = auth.GUEST_MIGRATIONS_STARTED
+    before = {m: started.labels(m)._value.get() for m in ("queued", "inline")}
     queued = auth.login(sessions, cache, broker, settings, email="mig@example.com",
                         password="password1", session_id="sid-1", hasher=FAST)
     assert queued.migration == "queued"
@@ -174,6 +176,8 @@ def test_login_queues_migration_or_runs_it_inline(sessions: Any, session: Any, c
     with session.begin():
         owners = session.execute(select(CartItem.user_id, CartItem.session_id)).all()
     assert owners == [(user.id, None)]
+    assert {m: started.labels(m)._value.get() - before[m] for m in before} == {
+        "queued": 1, "inline": 1}
 
 
 def test_create_user_and_top_up_book_transactions(sessions: Any, session: Any,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
-from db.models import Game, User
+from db.models import CartItem, Game, User
 from services import cart, wishlist
 from services.cache import keys
 from services.cart import Owner
@@ -76,6 +78,34 @@ def test_reads_are_cached_and_invalidated_after_each_change(
     assert cart.delete_item(session, cache, owner, game)["items"] == []
     # Deleting an absent line is a no-op that still answers with the cart.
     assert cart.delete_item(session, cache, owner, game)["items"] == []
+
+
+def test_concurrent_puts_of_one_game_leave_one_line(sessions: Any, session: Any,
+                                                      cache: Any) -> None:
+    game = make_game(session)
+    owner = Owner.guest("g1")
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def put(quantity: int) -> None:
+        barrier.wait()
+        try:
+            with sessions() as own:
+                cart.put_item(own, cache, owner, game, quantity)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=put, args=(q,)) for q in range(1, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors
+    items = cart.get_cart(session, cache, owner)["items"]
+    with session.begin():
+        stored = session.scalars(select(CartItem.quantity)).all()
+    # One line, and the cached view agrees with Postgres (no stale write-back won the race).
+    assert len(stored) == 1 and [i["quantity"] for i in items] == stored
 
 
 def test_guest_and_user_carts_are_separate(session: Any, cache: Any) -> None:
