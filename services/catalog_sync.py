@@ -45,6 +45,7 @@ from services.cache import Cache
 from services.cache import keys as cache_keys
 from services.g2a import G2AClient, G2AError, G2AProduct, ProductPage
 from services.locks import SYNC_FENCE, SYNC_LOCK, FencedOut, RedisLock, check_fence
+from services.metrics import SYNC_PRODUCTS
 
 log = structlog.get_logger(__name__)
 
@@ -498,6 +499,14 @@ def _run_locked(
 
     with deps.sessions() as session, session.begin():
         check_fence(session, SYNC_FENCE, fence)
+        # We hold the lock with the newest fence, so any older `running` row belongs to a
+        # holder that died (or was fenced out) without closing it: say so, for status.
+        session.execute(
+            update(SyncRun)
+            .where(SyncRun.status == SyncStatus.RUNNING, SyncRun.fence_token < fence)
+            .values(status=SyncStatus.FAILED, finished_at=started_at,
+                    error_detail="abandoned: its holder stopped without finishing")
+        )
         run = SyncRun(kind=kind, status=SyncStatus.RUNNING, fence_token=fence,
                       started_at=started_at)
         session.add(run)
@@ -562,6 +571,10 @@ def _run_locked(
             if not crashed:
                 raise
         _publish(deps.redis, result, listing, started_at, final=True)
+        for outcome, count in (("added", result.added), ("updated", result.updated),
+                               ("unchanged", result.unchanged), ("removed", result.removed),
+                               ("error", result.errors)):
+            SYNC_PRODUCTS.labels(kind.value, outcome).inc(count)
         bound.info("sync.finished", status=result.status, added=result.added,
                    updated=result.updated, unchanged=result.unchanged, removed=result.removed,
                    errors=result.errors, pages=result.pages, requests=result.requests,

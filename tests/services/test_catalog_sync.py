@@ -346,7 +346,7 @@ def test_t017_concurrent_syncs_exactly_one_runs(
 def test_t017_expired_holder_cannot_commit_over_a_newer_run(
     make_deps: Any, sim: SimServer, redis_client: redis_lib.Redis, sessions: Any,
 ) -> None:
-    slow = _slow_sim(700)
+    slow = _slow_sim(1000)
     try:
         outcome: dict[str, Any] = {}
         # A long TTL so the stale holder's renewer does not notice the loss in time: only the
@@ -413,3 +413,13 @@ def test_progress_is_reported_per_page(sim: SimServer, make_deps: Any) -> None:
     assert len(seen) == result.pages
     assert [p.pages_done for p in seen] == list(range(1, result.pages + 1))
     assert seen[-1].pages_done == seen[-1].pages_total and seen[-1].products == 300
+
+
+def test_a_dead_holders_running_row_is_closed_by_the_next_run(
+    sim: SimServer, make_deps: Any, session: Session,
+) -> None:
+    session.add(SyncRun(kind="full", status="running", fence_token=0))
+    session.commit()
+    result = run_catalog_sync(make_deps(sim), full=True)
+    statuses = sorted((r.fence_token, r.status) for r in session.scalars(select(SyncRun)))
+    assert statuses == [(0, "failed"), (result.fence_token, "succeeded")]
