@@ -477,7 +477,9 @@ def _run(
     if not lock.acquire():
         holder = lock.holder()
         log.info("sync.lock_held", kind=kind.value)
-        raise LockHeld(holder)
+        # The token's prefix identifies the holder (as `keysync status` shows it) without
+        # handing out a value that could release its lock.
+        raise LockHeld(holder[:8] if holder else None)
     try:
         return _run_locked(deps, kind, lock, on_progress)
     finally:

@@ -98,5 +98,23 @@ def test_stock_check_shares_the_sync_lock(
     redis_client.set(SYNC_LOCK, "someone-else", px=10_000)
     with pytest.raises(LockHeld) as held:
         run_stock_check(make_deps(sim))
-    assert held.value.holder == "someone-else"
+    assert held.value.holder == "someone-"  # a prefix: the full token could free the lock
 
+
+
+def test_partial_stock_check_leaves_unfetched_games_as_they_were(
+    sim: SimServer, make_deps: Any, session: Session,
+) -> None:
+    deps = make_deps(sim)
+    run_catalog_sync(deps, full=True)
+    before = {g.g2a_product_id: (g.g2a_qty, g.in_stock) for g in session.scalars(select(Game))}
+    mutated = sim_post(sim, "/_sim/mutate", {"out_of_stock": 60})
+    sim_post(sim, "/_sim/faults", {"rate": 0.5, "status": 400, "paths": "/v1/products"})
+    result = run_stock_check(deps)
+    assert result.status == "partial" and 0 < result.updated < 60
+    session.expire_all()
+    now = {g.g2a_product_id: (g.g2a_qty, g.in_stock) for g in session.scalars(select(Game))}
+    for pid in mutated["out_of_stock"]:
+        assert now[pid] in (before[pid], (0, False))  # refreshed, or untouched: never guessed
+    assert sum(now[pid] == (0, False) for pid in mutated["out_of_stock"]) == result.updated
+    assert all(in_stock == (qty > 0) for qty, in_stock in now.values())
