@@ -108,7 +108,13 @@ def create_order(
             order, outbox_id = _create_in_transaction(session, user_id, items)
             view = _order_view(session, order, with_keys=False)
         bound.info("order created", order_id=str(order.id), total=str(order.total))
-    job_outbox.dispatch(sessions, broker, [outbox_id])
+    try:
+        job_outbox.dispatch(sessions, broker, [outbox_id])
+    except Exception as exc:
+        # The order is committed and its job is in the outbox, which the relay sends; a
+        # failure here must not turn a successful purchase into an error the client retries
+        # (and so buys twice).
+        bound.warning("fulfilment dispatch deferred to the outbox relay", error=str(exc))
     cache.invalidate(
         [keys.user_orders(user_id), keys.user_cart(user_id), keys.user_transactions(user_id)]
     )
