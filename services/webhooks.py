@@ -269,7 +269,7 @@ def _process_in_transaction(
         # key is stored, so this resumes fulfilment rather than completing the order.
         transition = order_status.Transition(
             order.id, order.user_id, order.status, order.status, changed=False,
-            needs_fulfilment=order.status not in order_status.REFUNDING,
+            needs_fulfilment=order.status in (OrderStatus.PENDING, OrderStatus.PROCESSING),
         )
     else:
         if external is not None and status in order_status.REFUNDING:
@@ -291,7 +291,8 @@ def _process_in_transaction(
         outbox_ids.append(job_outbox.stage(session, FULFIL_ACTOR, str(order.id)))
         bound.info("webhook resumes fulfilment")
     event.processed_at = func.now()
-    event.outcome = OUTCOME_PROCESSED if transition.changed else OUTCOME_IGNORED
+    acted = transition.changed or transition.needs_fulfilment
+    event.outcome = OUTCOME_PROCESSED if acted else OUTCOME_IGNORED
     event.last_error = None
     return ProcessResult(event_id, event.outcome, order.id, transition)
 

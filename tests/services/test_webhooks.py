@@ -173,8 +173,9 @@ def test_completed_for_an_order_without_keys_resumes_fulfilment(resources: Any) 
     order_id, _ = _order(resources, OrderStatus.PROCESSING)
     msg_id = _store(resources, status_body("COMPLETED", order_id=order_id))
     result = _process(resources, msg_id)
-    assert result.outcome == "ignored"
+    assert result.outcome == "processed"  # acted on: fulfilment was queued
     assert result.transition is not None and result.transition.needs_fulfilment
+    assert not result.transition.changed
     with resources.sessions() as s:
         assert s.get(Order, order_id).status is OrderStatus.PROCESSING  # type: ignore[union-attr]
 

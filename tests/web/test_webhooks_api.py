@@ -20,13 +20,18 @@ from sqlalchemy import func, select
 from db.models import Order, OrderStatus, Transaction, TransactionType, WebhookEvent
 from keysync.embedded import free_port
 from keysync.resources import Resources
-from services import invariants, order_status, orders, tokens
+from services import invariants, order_status, orders, tokens, webhooks
+from services.fulfilment import Fulfiller, Outcome
 from tests.order_helpers import (
+    TEST_SECRETS,
     balance,
     deliver_all,
     make_game,
     make_user,
     signed_headers,
+    sim_client,
+    sim_game,
+    sim_server,
     status_body,
     wait_for,
 )
@@ -208,3 +213,33 @@ def test_out_of_order_and_repeated_failures(resources: Any, client: TestClient,
     assert _status(resources, failing) is OrderStatus.FAILED
     assert _refunds(resources, failing) == 1 and _refunds(resources, done) == 0
     assert balance(resources.sessions, user_id) == Decimal("100.00")
+
+
+def test_simulator_webhook_resumes_fulfilment(resources: Any, redis_client: Any) -> None:
+    """The simulator's own signed webhook (external_order_id, COMPLETED once the key is
+    ready) is accepted, and processing it queues fulfilment, which then stores the key."""
+    with LiveServer(resources) as server, sim_server(
+        webhook_url=server.url + "/webhooks/g2a", webhook_secret=TEST_SECRETS[0], key_delay_s=1.0
+    ) as sim:
+        user_id = make_user(resources.sessions, "500.00")
+        game = sim_game(resources.sessions, sim)
+        view = orders.create_order(resources.sessions, resources.broker, resources.cache,
+                                   user_id, [orders.LineRequest(game, 1)])
+        order_id = uuid.UUID(view["id"])
+        fulfiller = Fulfiller(resources.sessions, sim_client(sim), resources.cache,
+                              resources.broker,
+                              resources.settings.key_encryption_key.get_secret_value())
+        assert fulfiller.run(order_id).outcome is Outcome.PENDING  # paid, key not ready
+        event_id = wait_for(lambda: _event_ids(resources), timeout_s=10)[0]
+        result = webhooks.process_event(resources.sessions, resources.broker, resources.cache,
+                                        event_id)
+        assert result.outcome == "processed" and result.order_id == order_id
+        queued = [m for m in redis_client.hvals("dramatiq:default.msgs")
+                  if b"fulfil_order" in m and str(order_id).encode() in m]
+        assert queued, "processing the webhook must queue fulfilment"
+        assert fulfiller.run(order_id).outcome is Outcome.COMPLETED
+
+
+def _event_ids(resources: Any) -> list[str]:
+    with resources.sessions() as s:
+        return list(s.scalars(select(WebhookEvent.event_id)))
