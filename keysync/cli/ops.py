@@ -395,9 +395,14 @@ class Stack:
                 child.process.wait(remaining)
             except subprocess.TimeoutExpired:
                 self.say("up", f"{child.name} did not stop in time; killing it")
-            # Whatever the group leader did, no member of its group may outlive us.
-            _kill_group(child.process.pid, 0.5)
-            child.process.wait()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.process.pid, signal.SIGKILL)
+                child.process.wait()
+            if not child.expected_exit:
+                # Whatever the group leader did, no member of its group (dramatiq's worker
+                # processes) may outlive us. One-shot steps were reaped long ago: their
+                # pid may belong to someone else by now.
+                _kill_group(child.process.pid, 0.5)
         for server in reversed(self.embedded):
             self.say("up", f"stopping {type(server).__name__}")
             server.stop()
