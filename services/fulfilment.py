@@ -41,6 +41,7 @@ from typing import NoReturn
 import dramatiq
 import structlog
 from cryptography.fernet import Fernet
+from prometheus_client import Counter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,6 +60,13 @@ from services.g2a import (
 )
 
 log = structlog.get_logger(__name__)
+
+FULFILMENT_RUNS = Counter(
+    "keysync_fulfilment_runs_total", "fulfil_order runs by outcome", ["outcome"]
+)  # completed | failed | pending | skipped
+G2A_KEYS_LOST = Counter(
+    "keysync_g2a_keys_lost_total", "Paid G2A keys answered ORD04 before we stored them (alert)"
+)
 
 # G2A refusals that no retry can fix: out of stock (ORD01), price above our max (ORD05),
 # unknown product (BR01), not enough funds on the account (ORD112).
@@ -130,6 +138,7 @@ class Fulfiller:
                 self._finish(result)
             except _Stop as stop:
                 result.outcome, result.reason = stop.outcome, stop.reason
+            FULFILMENT_RUNS.labels(result.outcome.value).inc()
             log.info("fulfilment run ended", outcome=result.outcome.value, reason=result.reason)
             return result
 
@@ -315,6 +324,7 @@ class Fulfiller:
                 g2a_order_id=row.g2a_order_id,
                 alert="g2a_key_lost",
             )
+            G2A_KEYS_LOST.inc()
             row.status = G2APurchaseStatus.KEY_LOST
             row.last_error = str(exc)
             row.updated_at = func.now()

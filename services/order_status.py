@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import structlog
+from prometheus_client import Counter
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
@@ -41,6 +42,13 @@ from db.models import (
 from services.cache import keys
 
 log = structlog.get_logger(__name__)
+
+ORDER_TRANSITIONS = Counter(
+    "keysync_order_transitions_total",
+    "Order status changes applied (ignored requests are not counted), by new status",
+    ["status"],
+)
+REFUNDS = Counter("keysync_refunds_total", "REFUND transactions written (one per order at most)")
 
 TERMINAL = frozenset({OrderStatus.COMPLETED, OrderStatus.FAILED, OrderStatus.CANCELLED})
 REFUNDING = frozenset({OrderStatus.FAILED, OrderStatus.CANCELLED})
@@ -155,6 +163,10 @@ def apply(
     if target in REFUNDING:
         refunded = _refund_once(session, order)
     session.flush()
+    # Counted before commit: a rolled-back caller over-counts, which the ledger never does.
+    ORDER_TRANSITIONS.labels(target.value).inc()
+    if refunded:
+        REFUNDS.inc()
     bound.info(
         "order status changed", previous=previous.value, status=target.value, refunded=refunded
     )

@@ -42,6 +42,7 @@ from db.models import (
 )
 from services import job_outbox, order_status
 from services.cache import Cache
+from services.metrics import WEBHOOK_EVENTS
 
 log = structlog.get_logger(__name__)
 
@@ -232,6 +233,8 @@ def process_event(
         except Exception as exc:
             _record_error(sessions, event_id, exc)
             raise
+    if result.outcome in (OUTCOME_PROCESSED, OUTCOME_IGNORED, OUTCOME_ORPHAN):
+        WEBHOOK_EVENTS.labels(result.outcome).inc()
     if outbox_ids:
         job_outbox.dispatch(sessions, broker, outbox_ids)
     if result.transition is not None and result.transition.changed:
@@ -369,6 +372,7 @@ def sweep(
             .values(outcome=OUTCOME_DEAD)
             .returning(WebhookEvent.event_id)
         ).scalars().all()
+        WEBHOOK_EVENTS.labels(OUTCOME_DEAD).inc(len(dead))
         for event_id in dead:
             log.error("ALERT webhook event dead-lettered", webhook_id=event_id,
                       alert="webhook_dead_letter")

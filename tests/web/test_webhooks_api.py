@@ -15,6 +15,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 from db.models import Order, OrderStatus, Transaction, TransactionType, WebhookEvent
@@ -107,10 +108,17 @@ def test_accepted_then_duplicate(resources: Any, client: TestClient) -> None:
     order_id, _ = _order(resources)
     body = status_body("FAILED", order_id=order_id)
     headers = signed_headers(body)
+    before = {o: _metric(o) for o in ("accepted", "duplicate")}
     r = client.post("/webhooks/g2a", content=body, headers=headers)
     assert r.status_code == 202, r.text
     assert client.post("/webhooks/g2a", content=body, headers=headers).status_code == 200
     assert _events(resources) == 1
+    assert {o: _metric(o) - v for o, v in before.items()} == {"accepted": 1, "duplicate": 1}
+
+
+def _metric(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("keysync_webhook_events_total", {"outcome": outcome})
+    return value or 0.0
 
 
 def test_rejections_store_nothing(resources: Any, client: TestClient) -> None:

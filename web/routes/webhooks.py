@@ -18,10 +18,13 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from services import webhooks
+from services.metrics import WEBHOOK_EVENTS
 from web.deps import ResourcesDep
 from web.errors import ApiError
 
 router = APIRouter(tags=["webhooks"])
+
+_REJECTION_OUTCOME = {401: "bad_signature", 400: "bad_request", 413: "too_large"}
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:
@@ -53,11 +56,13 @@ async def receive_g2a_webhook(request: Request, resources: ResourcesDep) -> JSON
         )
         payload = webhooks.parse(body)
     except webhooks.WebhookRejected as exc:
+        WEBHOOK_EVENTS.labels(_REJECTION_OUTCOME.get(exc.status, "bad_request")).inc()
         raise ApiError(exc.status, exc.code, exc.message) from None
     assert msg_id is not None  # verify() rejects a missing webhook-id
     stored = await run_in_threadpool(
         webhooks.store, resources.sessions, resources.broker, msg_id, payload
     )
+    WEBHOOK_EVENTS.labels("accepted" if stored else "duplicate").inc()
     if stored:
         return JSONResponse({"status": "accepted", "webhook_id": msg_id}, status_code=202)
     return JSONResponse({"status": "duplicate", "webhook_id": msg_id}, status_code=200)
