@@ -127,31 +127,18 @@ def _print_status(report: dict[str, Any]) -> None:
         held = f"held by {lock['holder']}… ({lock['ttl_ms']} ms left)" if lock["held"] else "free"
         console.print(f"sync lock: {held}; fence {lock['fence']}; progress {lock['progress']}")
     if report["last_runs"] is not None:
-        runs = Table(title="last runs")
-        columns = (
-            "kind",
-            "status",
-            "started",
-            "duration s",
-            "added",
-            "updated",
-            "unchanged",
-            "removed",
-            "errors",
-        )
-        for column in columns:
+        runs = Table(title="last runs (added / updated / unchanged / removed / errors)")
+        for column in ("kind", "status", "started (UTC)", "seconds", "counts"):
             runs.add_column(column)
         for kind, run in report["last_runs"].items():
             if run is None:
-                runs.add_row(kind, "never", *[""] * 7)
+                runs.add_row(kind, "never", "", "", "")
                 continue
-            runs.add_row(
-                kind,
-                run["status"],
-                run["started_at"],
-                str(run["duration_s"]),
-                *(str(run[k]) for k in ("added", "updated", "unchanged", "removed", "errors")),
+            counts = " / ".join(
+                str(run[k]) for k in ("added", "updated", "unchanged", "removed", "errors")
             )
+            started = run["started_at"][:19].replace("T", " ")
+            runs.add_row(kind, run["status"], started, str(run["duration_s"]), counts)
         console.print(runs)
     if report["webhook_events"] is not None:
         console.print(f"webhook events: {report['webhook_events']}")
