@@ -157,8 +157,19 @@ def test_up_survives_a_crash_syncs_and_stops_cleanly(data_dir: Path) -> None:
         while _catalog_size(database_url) == 0:
             assert time.monotonic() < deadline, f"catalog never synced:\n{second.output()}"
             time.sleep(0.5)
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-        assert metrics.status_code == 200 and "keysync_" in metrics.text
+        # Series written by the worker and scheduler processes reach the web's /metrics
+        # (multiprocess mode): the scheduler fires its due ticks at start, the worker runs them.
+        deadline = time.monotonic() + 20
+        while True:
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+            assert metrics.status_code == 200
+            if all(
+                f"{name}{{" in metrics.text
+                for name in ("keysync_jobs_total", "keysync_scheduler_ticks_total")
+            ):
+                break
+            assert time.monotonic() < deadline, metrics.text[-3000:]
+            time.sleep(0.5)
 
         pids = _pids(data_dir)
         second.process.send_signal(signal.SIGTERM)
