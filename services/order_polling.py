@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 
 import dramatiq
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import G2APurchase, G2APurchaseStatus, Order, OrderItem, OrderStatus
 from services import job_outbox
 from services.g2a import G2AClient, G2AError, G2AOrderNotFound
+from services.order_status import REFUNDING
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +38,8 @@ class PollResult:
     details_calls: int = 0
     resumed: list[uuid.UUID] = field(default_factory=list)
     errors: int = 0
+    # G2A orders found paid although their (refunded) order stopped before recording it
+    paid_after_refund: list[str] = field(default_factory=list)
 
 
 def _age_cutoff(min_age_s: float) -> object:
@@ -92,6 +95,7 @@ def poll_order_status(
             bound.info("poller resumes fulfilment", reason=reason)
             result.resumed.append(order_id)
 
+    _reconcile_refunded(sessions, g2a, result, limit=limit)
     if result.resumed:
         with sessions() as session, session.begin():
             outbox_ids = [
@@ -140,3 +144,53 @@ def _check_g2a(
         if g2a_status == "complete":
             return "key ready"
     return ""
+
+
+def _reconcile_refunded(
+    sessions: sessionmaker[Session], g2a: G2AClient, result: PollResult, *, limit: int
+) -> None:
+    """Record G2A payments we could not confirm before the order was refunded.
+
+    A pay call that timed out may still have charged us; if the order is then FAILED or
+    CANCELLED (a webhook, another unit out of stock), fulfilment stops and the unit stays
+    CREATED. The customer's money is already right (refunded once); this keeps our record
+    of what G2A charged true (PAID) and raises an alert so an operator can fetch the key.
+    Only recent rows are looked at, so an unpaid leftover is not polled forever.
+    """
+    with sessions() as session, session.begin():
+        rows = session.execute(
+            select(G2APurchase.id, G2APurchase.g2a_order_id, OrderItem.order_id)
+            .join(OrderItem, OrderItem.id == G2APurchase.order_item_id)
+            .join(Order, Order.id == OrderItem.order_id)
+            .where(
+                Order.status.in_(list(REFUNDING)),
+                G2APurchase.status == G2APurchaseStatus.CREATED,
+                G2APurchase.g2a_order_id.is_not(None),
+                G2APurchase.created_at > func.now() - func.make_interval(0, 0, 0, 1),
+            )
+            .limit(limit)
+        ).all()
+    for row_id, g2a_order_id, order_id in rows:
+        try:
+            result.details_calls += 1
+            details = g2a.order_details(str(g2a_order_id))
+        except G2AError as exc:
+            log.info("g2a details failed; next poll", order_id=str(order_id),
+                     error_code=exc.code)
+            result.errors += 1
+            continue
+        if details.status.lower() == "new":
+            continue  # never paid: an unpaid G2A order costs nothing
+        with sessions() as session, session.begin():
+            session.execute(
+                update(G2APurchase)
+                .where(G2APurchase.id == row_id,
+                       G2APurchase.status == G2APurchaseStatus.CREATED)
+                .values(status=G2APurchaseStatus.PAID, updated_at=func.now(),
+                        last_error="paid at G2A after the order was refunded")
+            )
+        result.paid_after_refund.append(str(g2a_order_id))
+        log.error(
+            "ALERT g2a order paid for a refunded order; key not fetched",
+            order_id=str(order_id), g2a_order_id=g2a_order_id, alert="g2a_paid_after_refund",
+        )

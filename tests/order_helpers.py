@@ -87,9 +87,9 @@ def balance(sessions: sessionmaker[Session], user_id: uuid.UUID) -> Decimal:
         return user.balance
 
 
-def sim_client(sim: SimServer) -> G2AClient:
+def sim_client(sim: SimServer, *, timeout_s: float = 10.0) -> G2AClient:
     return G2AClient(
-        httpx.Client(base_url=sim.url, timeout=10.0),
+        httpx.Client(base_url=sim.url, timeout=timeout_s),
         email=DEFAULT_EMAIL, api_hash=DEFAULT_API_HASH, api_secret=DEFAULT_API_SECRET,
         max_attempts=3, base_wait_s=0.01, max_wait_s=0.05,
     )

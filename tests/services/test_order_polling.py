@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy import select
 
 from db.models import G2APurchase, G2APurchaseStatus, Order, OrderStatus
 from g2a_sim.server import SimServer
-from services import orders
+from services import invariants, order_status, orders
 from services.fulfilment import Fulfiller, Outcome
 from services.order_polling import poll_order_status
 from tests.order_helpers import make_user, sim_client, sim_game, sim_server, sim_stats
@@ -80,3 +81,31 @@ def test_recent_orders_are_left_alone(resources: Any, sim: SimServer) -> None:
     _order(resources, sim)
     assert poll_order_status(resources.sessions, sim_client(sim), resources.broker,
                              min_age_s=60).resumed == []
+
+
+def test_payment_that_timed_out_before_a_refund_is_recorded(resources: Any, sim: SimServer
+                                                            ) -> None:
+    """pay times out on our side but G2A charged; then the order is failed and refunded.
+    The poller records the payment (PAID) and alerts, so our books match G2A's."""
+    order_id = _order(resources, sim)
+    impatient = sim_client(sim, timeout_s=0.3)
+    httpx.post(sim.url + "/_sim/faults",
+               json={"rate": 1.0, "latency_ms": 600, "paths": "/v1/order/pay", "count": 3})
+    slow = Fulfiller(resources.sessions, impatient, resources.cache, resources.broker,
+                     resources.settings.key_encryption_key.get_secret_value())
+    assert slow.run(order_id).outcome is Outcome.PENDING
+    time.sleep(0.7)  # the simulator finishes the payments we stopped waiting for
+    with resources.sessions() as s, s.begin():
+        order_status.apply(s, order_id, OrderStatus.FAILED, source="test")
+    assert sim_stats(sim)["orders_paid"] == 1
+    result = poll_order_status(resources.sessions, sim_client(sim), resources.broker,
+                               min_age_s=0)
+    assert len(result.paid_after_refund) == 1 and result.resumed == []
+    with resources.sessions() as s:
+        assert s.scalars(select(G2APurchase.status)).one() is G2APurchaseStatus.PAID
+    with resources.sessions() as s:
+        report = invariants.check(s, paid_g2a_orders=sim_stats(sim)["orders_paid"])
+    assert report.ok, report.as_dict()
+    # nothing further: the order stays refunded, and the row is not polled again
+    assert poll_order_status(resources.sessions, sim_client(sim), resources.broker,
+                             min_age_s=0).paid_after_refund == []
