@@ -29,6 +29,7 @@ idempotent anyway, so a rare duplicate would be harmless, but the scheduler neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -231,10 +232,13 @@ class ScheduleRunner:
 
     def _demote(self, reason: str) -> None:
         lock, self._lock = self._lock, None
-        if lock is not None:
-            lock.lost.set()  # our own flag only: the renewer stops relying on it
         SCHEDULER_IS_LEADER.set(0)
         self.log.warning("scheduler leadership lost; standing by", reason=reason)
+        if lock is not None:
+            # Stops its renewal thread; the compare-and-delete cannot touch the lock of the
+            # scheduler that holds it now.
+            with contextlib.suppress(redis.RedisError):
+                lock.release()
 
     def step_down(self) -> None:
         """Graceful stop: release the lock so a standby takes over at its next attempt."""
