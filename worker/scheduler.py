@@ -33,9 +33,7 @@ class SchedulerProcess:
     def __init__(self, runner: ScheduleRunner) -> None:
         # APScheduler logs every job add and run at INFO; our own lines ("scheduler
         # starting" with the schedule, "tick fired") say the same with more context.
-        logging.getLogger("apscheduler").setLevel(
-            max(logging.WARNING, logging.getLogger().level)
-        )
+        logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
         self.runner = runner
         self._stopping = threading.Event()
         self._aps = BlockingScheduler(

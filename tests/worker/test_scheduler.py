@@ -284,8 +284,11 @@ def test_three_processes_fire_each_tick_once_across_a_leader_kill(redis_client: 
 
     # The tick due 0.25 s after the kill was fired exactly once, late, by the new leader.
     missed = datetime.fromtimestamp(next_even, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    fired = [m for m in messages if m["options"]["scheduled_tick"] == missed
-             and m["actor_name"] == "probe_every2"]
+    fired = [
+        m
+        for m in messages
+        if m["options"]["scheduled_tick"] == missed and m["actor_name"] == "probe_every2"
+    ]
     assert len(fired) == 1
     assert fired[0]["options"]["scheduler"].endswith(f":{new_leader}")
     ticks = ticks_of(messages, "probe_every2")
