@@ -249,7 +249,7 @@ class ScheduleRunner:
             if lock is not None and lock.release():
                 self.client.delete(STATE_KEY)
         except redis.RedisError as exc:
-            self.log.warning("could not release scheduler leadership", error=str(exc))
+            self.log.warning("scheduler step-down incomplete (redis)", error=str(exc))
 
     # --- firing ----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from types import FrameType
 import dramatiq
 import redis
 import structlog
+from apscheduler.events import EVENT_SCHEDULER_STARTED, SchedulerEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -42,6 +43,7 @@ class SchedulerProcess:
             executors={"default": ThreadPoolExecutor(max(len(runner.jobs), 1))},
             job_defaults={"coalesce": True, "max_instances": 1},
         )
+        self._aps.add_listener(self._on_started, EVENT_SCHEDULER_STARTED)
         for job in runner.jobs:
             self._aps.add_job(
                 runner.fire,
@@ -63,8 +65,11 @@ class SchedulerProcess:
                 # it would keep renewing nothing and never take over again.
                 self.runner.log.exception("scheduler election round failed")
             self._stopping.wait(self.runner.standby_interval_s)
-        # stop() may have run before the scheduler had started; make sure run() returns.
-        with contextlib.suppress(SchedulerNotRunningError):
+
+    def _on_started(self, _: SchedulerEvent) -> None:
+        # A stop() that came before start() found nothing to shut down; honour it now,
+        # or run() would block forever.
+        if self._stopping.is_set():
             self._aps.shutdown(wait=False)
 
     def run(self) -> None:
