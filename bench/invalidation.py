@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis  # noqa: E402
+import redis
 
-from bench._support import percentiles, print_table, redis_server  # noqa: E402
-from keysync.embedded import free_port  # noqa: E402
-from services.cache import Cache, make_cache_redis  # noqa: E402
+from bench._support import percentiles, print_table, redis_server
+from keysync.embedded import free_port
+from services.cache import Cache, make_cache_redis
 
 
 def fill_unrelated(client: redis.Redis, count: int) -> None:
@@ -71,42 +71,67 @@ def main() -> None:
             if found:
                 client.delete(*found)
 
-        single = timed(lambda: cache.invalidate(["game:42"]), args.runs,
-                       setup=lambda: client.set("game:42", "v"))
-        family = timed(lambda: cache.invalidate_pattern("catalog:*"), args.runs,
-                       setup=lambda: seed_family("catalog:"))
-        scan = timed(lambda: cache.invalidate_pattern("promo:*"), args.slow_runs,
-                     setup=lambda: seed_plain("promo:"))
+        single = timed(
+            lambda: cache.invalidate(["game:42"]),
+            args.runs,
+            setup=lambda: client.set("game:42", "v"),
+        )
+        family = timed(
+            lambda: cache.invalidate_pattern("catalog:*"),
+            args.runs,
+            setup=lambda: seed_family("catalog:"),
+        )
+        scan = timed(
+            lambda: cache.invalidate_pattern("promo:*"),
+            args.slow_runs,
+            setup=lambda: seed_plain("promo:"),
+        )
         keys = timed(keys_del, args.slow_runs, setup=lambda: seed_plain("promo:"))
 
         cache.set("game:hot", {"price": "1.00"}, 600)
-        hit = timed(lambda: cache.read_through("game:hot", 600, lambda: {"price": "1.00"}),
-                    args.runs)
-        dead = Cache(make_cache_redis(f"redis://127.0.0.1:{free_port()}/0"), None,
-                     reset_timeout_s=3600)
+        hit = timed(
+            lambda: cache.read_through("game:hot", 600, lambda: {"price": "1.00"}), args.runs
+        )
+        dead = Cache(
+            make_cache_redis(f"redis://127.0.0.1:{free_port()}/0"), None, reset_timeout_s=3600
+        )
         for _ in range(5):  # trip the breaker
             dead.read_through("game:hot", 600, lambda: {"price": "1.00"})
-        degraded = timed(lambda: dead.read_through("game:hot", 600, lambda: {"price": "1.00"}),
-                         args.runs)
+        degraded = timed(
+            lambda: dead.read_through("game:hot", 600, lambda: {"price": "1.00"}), args.runs
+        )
 
         baseline = percentiles(keys)
         rows = []
-        for name, samples in (("KEYS + DEL, 100 keys (baseline)", keys),
-                              ("SCAN + UNLINK, 100 keys (fallback)", scan),
-                              ("tag set + Lua UNLINK, 100 keys (ours)", family),
-                              ("single key UNLINK + gen bump (ours)", single)):
+        for name, samples in (
+            ("KEYS + DEL, 100 keys (baseline)", keys),
+            ("SCAN + UNLINK, 100 keys (fallback)", scan),
+            ("tag set + Lua UNLINK, 100 keys (ours)", family),
+            ("single key UNLINK + gen bump (ours)", single),
+        ):
             p50, p95, p99 = percentiles(samples)
             rows.append((name, len(samples), p50, p95, p99, f"{baseline[1] / p95:,.1f}x"))
-        print_table(f"Invalidation with {args.keys:,} unrelated keys (ms; speed-up vs KEYS at p95)",
-                    ["method", "runs", "p50", "p95", "p99", "vs KEYS"], rows)
+        print_table(
+            f"Invalidation with {args.keys:,} unrelated keys (ms; speed-up vs KEYS at p95)",
+            ["method", "runs", "p50", "p95", "p99", "vs KEYS"],
+            rows,
+        )
 
         hit_p = percentiles(hit)
         deg_p = percentiles(degraded)
-        print_table("One cached read (ms)", ["path", "runs", "p50", "p95", "p99", "vs hit"], [
-            ("healthy Redis, cache hit", len(hit), *hit_p, "1.0x"),
-            ("Redis down, breaker open (loader only)", len(degraded), *deg_p,
-             f"{deg_p[0] / hit_p[0]:,.2f}x"),
-        ])
+        print_table(
+            "One cached read (ms)",
+            ["path", "runs", "p50", "p95", "p99", "vs hit"],
+            [
+                ("healthy Redis, cache hit", len(hit), *hit_p, "1.0x"),
+                (
+                    "Redis down, breaker open (loader only)",
+                    len(degraded),
+                    *deg_p,
+                    f"{deg_p[0] / hit_p[0]:,.2f}x",
+                ),
+            ],
+        )
         client.flushdb()
 
 

@@ -19,7 +19,6 @@ from services.catalog_sync import (
     run_catalog_sync,
     run_stock_check,
 )
-from services.g2a import G2AClient, RateLimiter
 from worker import current_job
 
 log = structlog.get_logger(__name__)
@@ -28,25 +27,12 @@ log = structlog.get_logger(__name__)
 _TIME_LIMIT_MS = 2 * 3600 * 1000
 
 
-def g2a_client(resources: Resources) -> G2AClient:
-    """A G2A client over the process's pooled HTTP client and the shared Redis rate limit."""
-    settings = resources.settings
-    settings.require("g2a_api_url", "g2a_email", "g2a_api_hash", "g2a_api_secret")
-    return G2AClient(
-        resources.g2a_http(),
-        email=settings.g2a_email,
-        api_hash=settings.g2a_api_hash.get_secret_value(),
-        api_secret=settings.g2a_api_secret.get_secret_value(),
-        rate_limiter=RateLimiter(resources.redis, settings.g2a_rate_limit_per_min),
-    )
-
-
 def sync_deps(resources: Resources) -> SyncDeps:
     return SyncDeps(
         sessions=resources.sessions,
         redis=resources.redis,
         cache=resources.cache,
-        client=g2a_client(resources),
+        client=resources.g2a_client(),
         markup_percent=resources.settings.price_markup_percent,
     )
 

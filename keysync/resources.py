@@ -6,6 +6,7 @@ lifespan, a CLI command) and handed to services as explicit arguments.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import dramatiq
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.session import make_engine, make_session_factory
 from keysync.settings import Settings
 from services.cache import Cache, CacheOutbox, make_cache_redis
+from services.g2a import G2AClient, make_client, make_http
 
 
 def make_redis(url: str) -> redis.Redis:
@@ -33,6 +35,7 @@ class Resources:
     cache: Cache
     broker: dramatiq.Broker
     _g2a_http: httpx.Client | None = field(default=None, repr=False)
+    _g2a_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def build(
@@ -57,15 +60,15 @@ class Resources:
         )
 
     def g2a_http(self) -> httpx.Client:
-        """One pooled HTTP client to the G2A API per process."""
-        if self._g2a_http is None:
-            self.settings.require("g2a_api_url")
-            self._g2a_http = httpx.Client(
-                base_url=self.settings.g2a_api_url,
-                timeout=10.0,
-                limits=httpx.Limits(max_connections=20),
-            )
-        return self._g2a_http
+        """One pooled HTTP client to the G2A API per process (worker threads share it)."""
+        with self._g2a_lock:
+            if self._g2a_http is None:
+                self._g2a_http = make_http(self.settings)
+            return self._g2a_http
+
+    def g2a_client(self) -> G2AClient:
+        """A G2A client for one job: shared connections and rate limit, its own counters."""
+        return make_client(self.settings, self.g2a_http(), self.redis)
 
     def close(self) -> None:
         if self._g2a_http is not None:

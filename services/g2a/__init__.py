@@ -9,6 +9,7 @@ from services.g2a.client import (
     ProductPage,
     auth_header,
     make_client,
+    make_http,
 )
 from services.g2a.errors import (
     G2AAuthError,
@@ -45,4 +46,5 @@ __all__ = [
     "RateLimiter",
     "auth_header",
     "make_client",
+    "make_http",
 ]

@@ -12,6 +12,7 @@ import email.utils
 import hashlib
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -126,6 +127,8 @@ class G2AClient:
         self._backoff = wait_random_exponential(multiplier=base_wait_s, max=max_wait_s)
         self._sleep = sleep
         self.requests_made = 0
+        # Listing pages are fetched from several threads at once; keep the count exact.
+        self._count_lock = threading.Lock()
 
     def __repr__(self) -> str:
         # The default repr is harmless, but spelling it out keeps credentials out for good.
@@ -234,6 +237,10 @@ class G2AClient:
 
     # -- transport --------------------------------------------------------------------
 
+    def _count_request(self) -> None:
+        with self._count_lock:
+            self.requests_made += 1
+
     def _call(
         self,
         method: str,
@@ -311,14 +318,14 @@ class G2AClient:
                 "CONNECT", f"{type(exc).__name__}: {exc}", None, request_sent=False
             ) from exc
         except httpx.TimeoutException as exc:
-            self.requests_made += 1
+            self._count_request()
             bound.warning("g2a.request_failed", error=type(exc).__name__, sent=True)
             raise G2AUnavailable("TIMEOUT", f"{type(exc).__name__}: {exc}", None) from exc
         except httpx.TransportError as exc:
-            self.requests_made += 1
+            self._count_request()
             bound.warning("g2a.request_failed", error=type(exc).__name__, sent=True)
             raise G2AUnavailable("NETWORK", f"{type(exc).__name__}: {exc}", None) from exc
-        self.requests_made += 1
+        self._count_request()
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
         status = response.status_code
         try:
@@ -346,14 +353,22 @@ class G2AClient:
         return data
 
 
-def make_client(settings: Settings, redis: redis.Redis | None) -> G2AClient:
-    """The production client: G2A_* settings, 10 s timeouts, the shared rate limit when a
-    Redis is given (without one, only this process's retries on 429 protect the limit)."""
-    http = httpx.Client(
+def make_http(settings: Settings) -> httpx.Client:
+    """The pooled HTTP client to G2A_API_URL: 10 s timeouts (5 s to connect). One per process."""
+    settings.require("g2a_api_url")
+    return httpx.Client(
         base_url=settings.g2a_api_url,
         timeout=httpx.Timeout(DEFAULT_TIMEOUT_S, connect=5.0),
         headers={"User-Agent": "keysync"},
+        limits=httpx.Limits(max_connections=20),
     )
+
+
+def make_client(settings: Settings, http: httpx.Client, redis: redis.Redis | None) -> G2AClient:
+    """The production client over a shared `http` (see `make_http`): G2A_* settings and the
+    shared rate limit when a Redis is given (without one, only retries on 429 protect it).
+    Cheap to build per job, so each run gets its own `requests_made` count."""
+    settings.require("g2a_api_url", "g2a_email", "g2a_api_hash", "g2a_api_secret")
     limiter = RateLimiter(redis, settings.g2a_rate_limit_per_min) if redis is not None else None
     return G2AClient(
         http,
@@ -493,4 +508,5 @@ __all__ = [
     "ProductPage",
     "auth_header",
     "make_client",
+    "make_http",
 ]

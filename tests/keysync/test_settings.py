@@ -12,8 +12,13 @@ from keysync.settings import Settings, SettingsError, get_settings
 
 
 def _keysync(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "keysync", *args], capture_output=True,
-                          text=True, env={**os.environ, **env}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "keysync", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize(
@@ -39,8 +44,14 @@ def test_bad_value_exits_2_naming_the_variable(variable: str, value: str) -> Non
 
 def test_missing_required_setting_exits_2() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    result = subprocess.run([sys.executable, "-m", "keysync", "db", "upgrade"],
-                            capture_output=True, text=True, env=env, timeout=60, cwd="/")
+    result = subprocess.run(
+        [sys.executable, "-m", "keysync", "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd="/",
+    )
     assert result.returncode == 2
     assert "DATABASE_URL" in result.stderr
 
@@ -53,8 +64,7 @@ def test_unreachable_database_exits_5(dead_redis_url: str) -> None:
 
 
 def test_urls_and_defaults_are_normalised() -> None:
-    parsed = Settings(database_url="postgresql://u@h/db", redis_url="redis://h:1/0",
-                      broker_url="")
+    parsed = Settings(database_url="postgresql://u@h/db", redis_url="redis://h:1/0", broker_url="")
     assert parsed.database_url == "postgresql+psycopg://u@h/db"
     assert parsed.broker_url == "redis://h:1/0"
     assert str(parsed.price_markup_percent) == "2"

@@ -63,8 +63,14 @@ def test_glob_escape_against_redis_match(cache: Cache, redis_client) -> None:
     from hypothesis import strategies as st
 
     @settings(max_examples=60, deadline=None)
-    @given(st.lists(st.text(alphabet="ab*?[]\\^-", min_size=1, max_size=6), min_size=1,
-                    max_size=6, unique=True))
+    @given(
+        st.lists(
+            st.text(alphabet="ab*?[]\\^-", min_size=1, max_size=6),
+            min_size=1,
+            max_size=6,
+            unique=True,
+        )
+    )
     def only_the_escaped_id_matches(ids: list[str]) -> None:
         redis_client.flushdb()
         for uid in ids:
@@ -106,7 +112,8 @@ def test_read_through_race_does_not_store_stale_value(cache: Cache, redis_client
     reader.join(5)
     assert redis_client.get("order:9") is None
     assert cache.read_through("order:9", 60, lambda: {"status": "COMPLETED"}) == {
-        "status": "COMPLETED"}
+        "status": "COMPLETED"
+    }
 
 
 def test_read_through_race_with_family_invalidation(cache: Cache, redis_client) -> None:
@@ -181,7 +188,8 @@ def test_recovering_cache_replays_outbox_before_serving_reads(
     fresh = Cache(make_cache_redis(redis_url), CacheOutbox(sessions))
     # A new process replays before trusting Redis: it sees the committed state.
     assert fresh.read_through("order:o1", 60, lambda: {"status": "COMPLETED"}) == {
-        "status": "COMPLETED"}
+        "status": "COMPLETED"
+    }
     assert _outbox_rows(sessions) == 0
 
 

@@ -9,20 +9,35 @@ from services.invariants import check
 
 def _user(engine, balance: str = "0") -> str:
     with engine.begin() as conn:
-        return str(conn.execute(text(
-            "INSERT INTO users (id, email, password_hash, balance) VALUES "
-            "(gen_random_uuid(), gen_random_uuid()::text || '@x.io', 'h', :b) RETURNING id"),
-            {"b": balance}).scalar())
+        return str(
+            conn.execute(
+                text(
+                    "INSERT INTO users (id, email, password_hash, balance) VALUES "
+                    "(gen_random_uuid(), gen_random_uuid()::text || '@x.io', 'h', :b) RETURNING id"
+                ),
+                {"b": balance},
+            ).scalar()
+        )
 
 
 def _order(engine, uid: str, status: str, total: str = "10") -> str:
     with engine.begin() as conn:
-        oid = str(conn.execute(text(
-            "INSERT INTO orders (id, user_id, status, total) VALUES (gen_random_uuid(), :u, :s, :t)"
-            " RETURNING id"), {"u": uid, "s": status, "t": total}).scalar())
-        conn.execute(text(
-            "INSERT INTO transactions (id, user_id, order_id, type, amount, status) VALUES "
-            "(gen_random_uuid(), :u, :o, 'PURCHASE', :t, 'COMPLETED')"), {"u": uid, "o": oid, "t": total})
+        oid = str(
+            conn.execute(
+                text(
+                    "INSERT INTO orders (id, user_id, status, total) "
+                    "VALUES (gen_random_uuid(), :u, :s, :t) RETURNING id"
+                ),
+                {"u": uid, "s": status, "t": total},
+            ).scalar()
+        )
+        conn.execute(
+            text(
+                "INSERT INTO transactions (id, user_id, order_id, type, amount, status) VALUES "
+                "(gen_random_uuid(), :u, :o, 'PURCHASE', :t, 'COMPLETED')"
+            ),
+            {"u": uid, "o": oid, "t": total},
+        )
     return oid
 
 
@@ -40,15 +55,24 @@ def test_balance_not_backed_by_transactions_is_found(engine, session) -> None:
 def test_failed_order_without_refund_and_completed_refunded_are_found(engine, session) -> None:
     uid = _user(engine)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO transactions (id, user_id, type, amount, status) VALUES "
-                          "(gen_random_uuid(), :u, 'TOP_UP', 20, 'COMPLETED')"), {"u": uid})
+        conn.execute(
+            text(
+                "INSERT INTO transactions (id, user_id, type, amount, status) VALUES "
+                "(gen_random_uuid(), :u, 'TOP_UP', 20, 'COMPLETED')"
+            ),
+            {"u": uid},
+        )
         conn.execute(text("UPDATE users SET balance = 0 WHERE id = :u"), {"u": uid})
     _order(engine, uid, "FAILED")
     done = _order(engine, uid, "COMPLETED")
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO transactions (id, user_id, order_id, type, amount, status) "
-                          "VALUES (gen_random_uuid(), :u, :o, 'REFUND', 10, 'COMPLETED')"),
-                     {"u": uid, "o": done})
+        conn.execute(
+            text(
+                "INSERT INTO transactions (id, user_id, order_id, type, amount, status) "
+                "VALUES (gen_random_uuid(), :u, :o, 'REFUND', 10, 'COMPLETED')"
+            ),
+            {"u": uid, "o": done},
+        )
     report = check(session)
     assert report.violations["failed_or_cancelled_orders_refunded_once"]
     assert report.violations["completed_orders_not_refunded"]
@@ -57,8 +81,12 @@ def test_failed_order_without_refund_and_completed_refunded_are_found(engine, se
 
 def test_unsettled_webhook_and_payment_mismatch_are_found(engine, session) -> None:
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO webhook_events (event_id, type, payload) VALUES "
-                          "('evt_1', 'order.status_changed', '{}')"))
+        conn.execute(
+            text(
+                "INSERT INTO webhook_events (event_id, type, payload) VALUES "
+                "('evt_1', 'order.status_changed', '{}')"
+            )
+        )
     assert check(session).violations["webhook_events_accounted_for"] == []  # within grace
     report = check(session, webhook_grace=False, paid_g2a_orders=1)
     assert report.violations["webhook_events_accounted_for"]

@@ -1,4 +1,5 @@
-"""Transactional job outbox: staged with the change, sent after commit, relayed if the broker was down."""
+"""Transactional job outbox: staged with the change, sent after commit, relayed later if the
+broker was down."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def test_dispatch_after_commit_sends_and_deletes(sessions, broker, redis_client)
     assert _queued(redis_client) == 1
 
 
-def test_dead_broker_leaves_job_for_the_relay(sessions, broker, redis_client, dead_redis_url) -> None:
+def test_dead_broker_leaves_job_for_the_relay(
+    sessions, broker, redis_client, dead_redis_url
+) -> None:
     dead = RedisBroker(client=redis.Redis.from_url(dead_redis_url, socket_connect_timeout=0.2))
     with sessions() as s, s.begin():
         row_id = job_outbox.stage(s, "send_email", "a@b.c", "hi", "body")

@@ -37,14 +37,19 @@ def _b64(data: dict[str, object]) -> str:
 
 def test_alg_none_is_rejected() -> None:
     exp = int((dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).timestamp())
-    unsigned = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'sub': str(uuid.uuid4()), 'exp': exp})}."
+    unsigned = (
+        f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'sub': str(uuid.uuid4()), 'exp': exp})}."
+    )
     with pytest.raises(tokens.InvalidToken):
         tokens.verify(unsigned, SECRET)
 
 
 def test_other_algorithm_is_rejected() -> None:
-    token = jwt.encode({"sub": str(uuid.uuid4()), "exp": dt.datetime.now(dt.UTC)
-                        + dt.timedelta(hours=1)}, SECRET, algorithm="HS512")
+    token = jwt.encode(
+        {"sub": str(uuid.uuid4()), "exp": dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)},
+        SECRET,
+        algorithm="HS512",
+    )
     with pytest.raises(tokens.InvalidToken):
         tokens.verify(token, SECRET)
 
@@ -60,5 +65,7 @@ def test_missing_claims_are_rejected() -> None:
     with pytest.raises(tokens.InvalidToken):
         tokens.verify(jwt.encode({"sub": str(uuid.uuid4())}, SECRET, algorithm="HS256"), SECRET)
     with pytest.raises(tokens.InvalidToken):
-        tokens.verify(jwt.encode({"sub": "not-a-uuid", "exp": 4_102_444_800}, SECRET,
-                                 algorithm="HS256"), SECRET)
+        tokens.verify(
+            jwt.encode({"sub": "not-a-uuid", "exp": 4_102_444_800}, SECRET, algorithm="HS256"),
+            SECRET,
+        )

@@ -15,10 +15,16 @@ seen: list[dict[str, object]] = []
 def _probe(value: int) -> None:
     job = current_job()
     context = structlog.contextvars.get_contextvars()
-    seen.append({"value": value, "session_open": job.session.is_active is not None,
-                 "actor": context.get("actor"), "message_id": context.get("message_id"),
-                 "session": id(job.session),
-                 "db_ok": job.session.connection().exec_driver_sql("SELECT 1").scalar() == 1})
+    seen.append(
+        {
+            "value": value,
+            "session_open": job.session.is_active is not None,
+            "actor": context.get("actor"),
+            "message_id": context.get("message_id"),
+            "session": id(job.session),
+            "db_ok": job.session.connection().exec_driver_sql("SELECT 1").scalar() == 1,
+        }
+    )
     if value < 0:
         raise ValueError("boom")
 
