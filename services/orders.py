@@ -254,25 +254,26 @@ def present(view: dict[str, Any], key_encryption_key: str) -> dict[str, Any]:
 
 
 def load_order(session: Session, order_id: uuid.UUID) -> dict[str, Any]:
-    """The cacheable view of one order (with `user_id` for the ownership check)."""
-    with session.begin():
-        order = session.get(Order, order_id)
-        if order is None:
-            raise OrderNotFound("order not found")
-        return _order_view(session, order)
+    """The cacheable view of one order (with `user_id` for the ownership check).
+
+    Loaders read inside the caller's transaction, so the invariant checker can recompute a
+    cached entry in its own snapshot."""
+    order = session.get(Order, order_id)
+    if order is None:
+        raise OrderNotFound("order not found")
+    return _order_view(session, order)
 
 
 def load_user_orders(session: Session, user_id: uuid.UUID) -> dict[str, Any]:
     """All of the user's orders, newest first, as `{items, page, total}` (one cache entry,
     `user:{id}:orders`, invalidated on every change of any of them)."""
-    with session.begin():
-        orders = session.execute(
-            select(Order)
-            .where(Order.user_id == user_id)
-            .options(selectinload(Order.items))
-            .order_by(Order.created_at.desc(), Order.id)
-        ).scalars().all()
-        items = [_order_view(session, order) for order in orders]
+    orders = session.execute(
+        select(Order)
+        .where(Order.user_id == user_id)
+        .options(selectinload(Order.items))
+        .order_by(Order.created_at.desc(), Order.id)
+    ).scalars().all()
+    items = [_order_view(session, order) for order in orders]
     return {"items": items, "page": 1, "total": len(items)}
 
 
@@ -286,9 +287,11 @@ def get_order(
 ) -> dict[str, Any]:
     """One of the user's orders through the cache; OrderNotFound for a missing order and
     for another user's order alike, so ids cannot be probed."""
-    view: dict[str, Any] = cache.read_through(
-        keys.order(order_id), keys.ORDER_TTL, lambda: load_order(session, order_id)
-    )
+    # A cache hit never touches Postgres: the transaction only connects on first use.
+    with session.begin():
+        view: dict[str, Any] = cache.read_through(
+            keys.order(order_id), keys.ORDER_TTL, lambda: load_order(session, order_id)
+        )
     if view.get("user_id") != str(user_id):
         raise OrderNotFound("order not found")
     return present(view, key_encryption_key)
@@ -297,8 +300,11 @@ def get_order(
 def list_orders(
     session: Session, cache: Cache, user_id: uuid.UUID, *, key_encryption_key: str
 ) -> dict[str, Any]:
-    listing: dict[str, Any] = cache.read_through(
-        keys.user_orders(user_id), keys.USER_ORDERS_TTL, lambda: load_user_orders(session, user_id)
-    )
+    with session.begin():
+        listing: dict[str, Any] = cache.read_through(
+            keys.user_orders(user_id),
+            keys.USER_ORDERS_TTL,
+            lambda: load_user_orders(session, user_id),
+        )
     listing["items"] = [present(v, key_encryption_key) for v in listing["items"]]
     return listing

@@ -175,5 +175,6 @@ def deliver_all(resources: Any, order_id: uuid.UUID) -> None:
             for unit in range(item.quantity):
                 s.add(G2APurchase(
                     order_item_id=item.id, unit_index=unit, g2a_order_id=uuid.uuid4().hex,
+                    transaction_id=f"tx-{uuid.uuid4().hex[:12]}",
                     status=G2APurchaseStatus.DELIVERED, key_encrypted=fernet.encrypt(b"K-1"),
                 ))

@@ -101,7 +101,7 @@ def test_keys_are_shown_decrypted_only_when_completed(resources: Any, client: Te
         item_id = s.scalars(select(OrderItem.id).where(OrderItem.order_id == order_id)).one()
         for unit, key in enumerate(["AAAAA-11111", "BBBBB-22222"]):
             s.add(G2APurchase(order_item_id=item_id, unit_index=unit, g2a_order_id=f"x{unit}",
-                              status=G2APurchaseStatus.DELIVERED,
+                              transaction_id=f"tx{unit}", status=G2APurchaseStatus.DELIVERED,
                               key_encrypted=fernet.encrypt(key.encode())))
     assert "keys" not in client.get(f"/orders/{order_id}", headers=auth).json()
     with resources.sessions() as s, s.begin():

@@ -40,12 +40,11 @@ def _game_view(game: Game) -> dict[str, Any]:
 
 def _load_game(session: Session, game_id: uuid.UUID) -> dict[str, Any]:
     # Raising (rather than returning None) keeps a miss out of the cache, so a game added
-    # by the next sync is visible at once.
-    with session.begin():
-        game = session.get(Game, game_id)
-        if game is None:
-            raise ApiError(404, "not_found", "game not found")
-        return _game_view(game)
+    # by the next sync is visible at once. Runs in the caller's transaction.
+    game = session.get(Game, game_id)
+    if game is None:
+        raise ApiError(404, "not_found", "game not found")
+    return _game_view(game)
 
 
 def _escape_like(value: str) -> str:
@@ -56,16 +55,15 @@ def _load_page(session: Session, search: str, page: int) -> dict[str, Any]:
     conditions = [Game.is_active.is_(True)]
     if search:
         conditions.append(Game.name.ilike(f"%{_escape_like(search)}%", escape="\\"))
-    with session.begin():
-        total = session.scalar(select(func.count()).select_from(Game).where(*conditions)) or 0
-        games = session.execute(
-            select(Game)
-            .where(*conditions)
-            .order_by(Game.name, Game.id)
-            .limit(PAGE_SIZE)
-            .offset((page - 1) * PAGE_SIZE)
-        ).scalars().all()
-        return {"items": [_game_view(g) for g in games], "page": page, "total": total}
+    total = session.scalar(select(func.count()).select_from(Game).where(*conditions)) or 0
+    games = session.execute(
+        select(Game)
+        .where(*conditions)
+        .order_by(Game.name, Game.id)
+        .limit(PAGE_SIZE)
+        .offset((page - 1) * PAGE_SIZE)
+    ).scalars().all()
+    return {"items": [_game_view(g) for g in games], "page": page, "total": total}
 
 
 @router.get("/games")
@@ -77,15 +75,17 @@ def list_games(
 ) -> dict[str, Any]:
     search = search.strip()
     params = {"search": search.lower(), "page": page}
-    result: dict[str, Any] = resources.cache.read_through(
-        keys.games_list(params), keys.LIST_TTL, lambda: _load_page(session, search, page)
-    )
+    with session.begin():  # connects only on a cache miss
+        result: dict[str, Any] = resources.cache.read_through(
+            keys.games_list(params), keys.LIST_TTL, lambda: _load_page(session, search, page)
+        )
     return result
 
 
 @router.get("/games/{game_id}")
 def get_game(game_id: uuid.UUID, session: SessionDep, resources: ResourcesDep) -> dict[str, Any]:
-    result: dict[str, Any] = resources.cache.read_through(
-        keys.game(game_id), keys.GAME_TTL, lambda: _load_game(session, game_id)
-    )
+    with session.begin():  # connects only on a cache miss
+        result: dict[str, Any] = resources.cache.read_through(
+            keys.game(game_id), keys.GAME_TTL, lambda: _load_game(session, game_id)
+        )
     return result
