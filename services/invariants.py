@@ -1,17 +1,34 @@
 """Invariant checker: the evidence that keysync loses nothing and never moves money twice.
 
 Runnable on any keysync database (`keysync check`) and after every fault scenario in the
-test suite. Each check is one SQL query returning the offending rows; an empty result is
-a pass. Money is signed by transaction type: TOP_UP and REFUND credit, PURCHASE debits.
+test suite. Each database check is one SQL query returning the offending rows; an empty
+result is a pass. Money is signed by transaction type: TOP_UP and REFUND credit, PURCHASE
+debits.
+
+With a Redis client, the cache is checked too: every cached game, cart, wishlist and order
+entry present in Redis is recomputed with the very loader the service uses and compared
+with the stored JSON; a difference is a stale entry (a lost invalidation). An entry whose
+generation counter moves while we compare was being rewritten by a live process and is
+not judged.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+
+from services.cache import Cache
+from services.cache.service import encode
+
+T = TypeVar("T")
 
 CHECKS: dict[str, str] = {
     "balance_equals_completed_transactions": """
@@ -30,7 +47,7 @@ CHECKS: dict[str, str] = {
     """,
     "every_order_has_one_purchase": """
         SELECT o.id FROM orders o
-        WHERE NOT EXISTS (SELECT 1 FROM transactions t
+        WHERE o.total > 0 AND NOT EXISTS (SELECT 1 FROM transactions t
                           WHERE t.order_id = o.id AND t.type = 'PURCHASE')
     """,
     "refund_equals_purchase": """
@@ -65,6 +82,10 @@ CHECKS: dict[str, str] = {
         SELECT order_item_id, unit_index, COUNT(*) FROM g2a_purchases
         GROUP BY order_item_id, unit_index HAVING COUNT(*) > 1
     """,
+    "delivered_keys_were_paid": """
+        SELECT id, order_item_id, unit_index FROM g2a_purchases
+        WHERE status = 'DELIVERED' AND (g2a_order_id IS NULL OR transaction_id IS NULL)
+    """,
     "webhook_events_accounted_for": """
         SELECT event_id, received_at FROM webhook_events
         WHERE processed_at IS NULL AND COALESCE(outcome, '') NOT IN ('orphan', 'dead')
@@ -74,10 +95,25 @@ CHECKS: dict[str, str] = {
 }
 
 
+CACHE_CHECK = "cache_matches_postgres"
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_SESSION = r"[A-Za-z0-9._-]{1,128}"
+_CACHED_KEY = re.compile(
+    rf"^(?:game:(?P<game>{_UUID})"
+    rf"|order:(?P<order>{_UUID})"
+    rf"|user:(?P<user>{_UUID}):(?P<user_view>cart|wishlist|orders)"
+    rf"|session:(?P<session>{_SESSION}):(?P<session_view>cart|wishlist))$"
+)
+# SCAN patterns of the families above (`gen:`/`tag:` bookkeeping keys never match them).
+_SCAN_PATTERNS = ("game:*", "order:*", "user:*", "session:*")
+
+
 @dataclass
 class InvariantReport:
     violations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     checked: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    cache_entries_compared: int = 0
 
     @property
     def ok(self) -> bool:
@@ -85,11 +121,124 @@ class InvariantReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "checked": self.checked,
-                "violations": {k: v for k, v in self.violations.items() if v}}
+                "violations": {k: v for k, v in self.violations.items() if v},
+                "skipped": self.skipped, "cache_entries_compared": self.cache_entries_compared}
+
+
+class _LoadOnly(Cache):
+    """A cache that always runs the loader: the service's own read path minus Redis, so a
+    recomputed value has exactly the JSON form a fresh cache fill would store."""
+
+    def read_through(self, key: str, ttl_s: int, loader: Callable[[], T]) -> Any:
+        return json.loads(encode(loader()))
+
+
+class _Missing(Exception):
+    """The loader found no row: any cached entry for it is stale."""
+
+
+def _loader_for(key: str, session: Session, uncached: Cache) -> Callable[[], Any] | None:
+    """The service read that fills `key`, or None for keys this checker does not cover."""
+    from services import cart, orders, wishlist
+    from services.cart import Owner
+
+    match = _CACHED_KEY.match(key)
+    if match is None:
+        return None
+    if match["game"]:
+        game_id = uuid.UUID(match["game"])
+
+        def game() -> Any:
+            # The loader lives with the endpoint (web/routes/games.py), the games read side.
+            from web.errors import ApiError
+            from web.routes.games import _load_game
+
+            try:
+                return json.loads(encode(_load_game(session, game_id)))
+            except ApiError:
+                raise _Missing(key) from None
+
+        return game
+    if match["order"]:
+        order_id = uuid.UUID(match["order"])
+
+        def order() -> Any:
+            try:
+                return json.loads(encode(orders.load_order(session, order_id)))
+            except orders.OrderNotFound:
+                raise _Missing(key) from None
+
+        return order
+    if match["user"]:
+        owner = Owner.user(uuid.UUID(match["user"]))
+        view = match["user_view"]
+    else:
+        owner = Owner.guest(match["session"])
+        view = match["session_view"]
+    if view == "cart":
+        return lambda: cart.get_cart(session, uncached, owner)
+    if view == "wishlist":
+        return lambda: wishlist.get_wishlist(session, uncached, owner)
+    user_id = owner.user_id
+    assert user_id is not None
+    return lambda: json.loads(encode(orders.load_user_orders(session, user_id)))
+
+
+def _first_difference(cached: Any, fresh: Any, path: str = "") -> str:
+    """Where two JSON values part, for a readable violation."""
+    if isinstance(cached, dict) and isinstance(fresh, dict):
+        for name in sorted(set(cached) | set(fresh)):
+            if cached.get(name) != fresh.get(name):
+                return _first_difference(cached.get(name), fresh.get(name), f"{path}.{name}")
+    if isinstance(cached, list) and isinstance(fresh, list) and len(cached) == len(fresh):
+        for i, (a, b) in enumerate(zip(cached, fresh, strict=True)):
+            if a != b:
+                return _first_difference(a, b, f"{path}[{i}]")
+    return f"{path or '.'}: cached {json.dumps(cached)[:200]} != postgres {json.dumps(fresh)[:200]}"
+
+
+def check_cache(session: Session, client: redis.Redis) -> tuple[list[dict[str, Any]], int]:
+    """Stale cache entries (key, where they differ) and how many entries were compared.
+
+    Raises redis.RedisError when Redis cannot be read.
+    """
+    pending = session.execute(text("SELECT COUNT(*) FROM cache_invalidations")).scalar_one()
+    session.rollback()
+    stale: list[dict[str, Any]] = []
+    if pending:
+        # Reads bypass the cache until the outbox is replayed, so entries are not served;
+        # but "after recovery" means the outbox has been drained.
+        stale.append({"key": "cache_invalidations", "difference": f"{pending} pending rows"})
+    uncached = _LoadOnly(client)
+    compared = 0
+    for pattern in _SCAN_PATTERNS:
+        for raw_key in client.scan_iter(match=pattern, count=1000):
+            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+            loader = _loader_for(key, session, uncached)
+            if loader is None:
+                continue
+            before = client.mget([key, f"gen:{key}"])
+            if before[0] is None:
+                continue  # expired or invalidated since SCAN saw it
+            session.expire_all()  # loaders must see the rows as committed now
+            try:
+                fresh = loader()
+            except _Missing:
+                fresh = None
+            finally:
+                session.rollback()
+            compared += 1
+            cached = json.loads(before[0])
+            if cached == fresh:
+                continue
+            if client.mget([key, f"gen:{key}"]) != before:
+                continue  # rewritten or invalidated while we compared: a live writer
+            stale.append({"key": key, "difference": _first_difference(cached, fresh)})
+    return stale, compared
 
 
 def check(session: Session, *, paid_g2a_orders: int | None = None,
-          webhook_grace: bool = True) -> InvariantReport:
+          webhook_grace: bool = True, cache_redis: redis.Redis | None = None) -> InvariantReport:
     """Run every check in one read-only transaction.
 
     `paid_g2a_orders`: the G2A side's count of paid orders (e.g. the simulator's
@@ -97,6 +246,9 @@ def check(session: Session, *, paid_g2a_orders: int | None = None,
     payment we do not know about (a double payment) is caught.
     `webhook_grace=False` demands that every stored event is settled now (after a test
     has drained the queues), not only those older than ten minutes.
+    `cache_redis`: the cache's Redis; every cached game, cart, wishlist and order entry
+    there must equal what its loader computes from Postgres now (and the cache outbox must
+    be drained). Unreachable Redis is reported in `skipped`, not as a pass.
     """
     report = InvariantReport()
     with session.begin():
@@ -115,4 +267,13 @@ def check(session: Session, *, paid_g2a_orders: int | None = None,
             report.violations["g2a_payments_match"] = (
                 [] if ours == paid_g2a_orders
                 else [{"ours": str(ours), "g2a": str(paid_g2a_orders)}])
+    if cache_redis is not None:
+        try:
+            stale, compared = check_cache(session, cache_redis)
+        except redis.RedisError as exc:
+            report.skipped[CACHE_CHECK] = f"redis unreachable: {exc}"
+        else:
+            report.checked.append(CACHE_CHECK)
+            report.violations[CACHE_CHECK] = stale
+            report.cache_entries_compared = compared
     return report

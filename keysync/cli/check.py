@@ -1,4 +1,4 @@
-"""`keysync check`: run the invariant checker against the configured database."""
+"""`keysync check`: run the invariant checker against the configured database (and cache)."""
 
 from __future__ import annotations
 
@@ -17,19 +17,25 @@ from keysync.settings import get_settings
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--g2a-paid", type=int, default=None,
               help="paid order count on the G2A side (e.g. the simulator's stats) to cross-check")
-def check(as_json: bool, g2a_paid: int | None) -> None:
-    """Check the money and delivery invariants; exit 1 when any is violated."""
+@click.option("--no-cache", is_flag=True,
+              help="skip comparing cached games, carts, wishlists and orders with Postgres")
+def check(as_json: bool, g2a_paid: int | None, no_cache: bool) -> None:
+    """Check the money, delivery and cache invariants; exit 1 when any is violated."""
     from db.session import make_engine, make_session_factory
+    from keysync.resources import make_redis
     from services.invariants import check as run_checks
 
     settings = get_settings()
     settings.require("database_url")
+    cache_redis = None if no_cache or not settings.redis_url else make_redis(settings.redis_url)
     engine = make_engine(settings.database_url, pool_size=1)
     try:
         with make_session_factory(engine)() as session:
-            report = run_checks(session, paid_g2a_orders=g2a_paid)
+            report = run_checks(session, paid_g2a_orders=g2a_paid, cache_redis=cache_redis)
     finally:
         engine.dispose()
+        if cache_redis is not None:
+            cache_redis.close()
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:
@@ -39,5 +45,7 @@ def check(as_json: bool, g2a_paid: int | None) -> None:
         for name in report.checked:
             bad = report.violations.get(name) or []
             table.add_row(name, "[green]ok[/]" if not bad else f"[red]{len(bad)} violation(s)[/]")
+        for name, reason in report.skipped.items():
+            table.add_row(name, f"[yellow]skipped[/] ({reason})")
         Console().print(table)
     sys.exit(0 if report.ok else 1)
