@@ -7,9 +7,7 @@ import uuid
 import dramatiq
 import structlog
 
-from keysync.resources import Resources
 from services.fulfilment import Fulfiller, Outcome
-from services.g2a import G2AClient, RateLimiter
 from services.order_polling import poll_order_status as poll_service
 from worker import current_job
 
@@ -21,25 +19,13 @@ MAX_RESUMES = 10
 MAX_RESUME_DELAY_MS = 60_000
 
 
-def g2a_client(resources: Resources) -> G2AClient:
-    """A G2A client over the process's pooled HTTP client and the shared rate limit."""
-    settings = resources.settings
-    return G2AClient(
-        resources.g2a_http(),
-        email=settings.g2a_email,
-        api_hash=settings.g2a_api_hash.get_secret_value(),
-        api_secret=settings.g2a_api_secret.get_secret_value(),
-        rate_limiter=RateLimiter(resources.redis, settings.g2a_rate_limit_per_min),
-    )
-
-
 @dramatiq.actor(max_retries=10, time_limit=30 * 60_000)
 def fulfil_order(order_id: str) -> None:
     job = current_job()
     resources = job.resources
     result = Fulfiller(
         sessions=resources.sessions,
-        g2a=g2a_client(resources),
+        g2a=resources.g2a_client(),
         cache=resources.cache,
         broker=resources.broker,
         key_encryption_key=resources.settings.key_encryption_key.get_secret_value(),
@@ -58,4 +44,4 @@ def fulfil_order(order_id: str) -> None:
 @dramatiq.actor(max_retries=0, time_limit=10 * 60_000)
 def poll_order_status() -> None:
     resources = current_job().resources
-    poll_service(resources.sessions, g2a_client(resources), resources.broker)
+    poll_service(resources.sessions, resources.g2a_client(), resources.broker)
