@@ -151,6 +151,11 @@ class Cache:
     def degraded(self) -> bool:
         return self._needs_replay or self.breaker.current_state != pybreaker.STATE_CLOSED
 
+    def probe(self) -> bool:
+        """Whether cached reads are served now; recovers first if Redis is back (replaying
+        the outbox), so a health check right after start-up reports the truth."""
+        return self._usable()
+
     # --- reads -------------------------------------------------------------------------
 
     def get(self, key: str) -> Any | None:

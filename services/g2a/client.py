@@ -35,6 +35,7 @@ from services.g2a.errors import (
     error_for,
 )
 from services.g2a.rate_limit import RateLimiter
+from services.metrics import G2A_RATE_LIMITED, G2A_REQUEST_SECONDS, G2A_REQUESTS
 
 if TYPE_CHECKING:
     from keysync.settings import Settings
@@ -237,9 +238,14 @@ class G2AClient:
 
     # -- transport --------------------------------------------------------------------
 
-    def _count_request(self) -> None:
+    def _count_request(self, endpoint: str, status: int | str, started: float) -> None:
+        """Count a request that reached G2A (or may have) in this client and in metrics."""
         with self._count_lock:
             self.requests_made += 1
+        G2A_REQUESTS.labels(endpoint, str(status)).inc()
+        G2A_REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        if status == 429:
+            G2A_RATE_LIMITED.labels(endpoint).inc()
 
     def _call(
         self,
@@ -313,19 +319,20 @@ class G2AClient:
                 method, path, params=params, content=content, headers=headers
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            G2A_REQUESTS.labels(endpoint, "unreachable").inc()
             bound.warning("g2a.request_failed", error=type(exc).__name__, sent=False)
             raise G2AUnavailable(
                 "CONNECT", f"{type(exc).__name__}: {exc}", None, request_sent=False
             ) from exc
         except httpx.TimeoutException as exc:
-            self._count_request()
+            self._count_request(endpoint, "timeout", started)
             bound.warning("g2a.request_failed", error=type(exc).__name__, sent=True)
             raise G2AUnavailable("TIMEOUT", f"{type(exc).__name__}: {exc}", None) from exc
         except httpx.TransportError as exc:
-            self._count_request()
+            self._count_request(endpoint, "error", started)
             bound.warning("g2a.request_failed", error=type(exc).__name__, sent=True)
             raise G2AUnavailable("NETWORK", f"{type(exc).__name__}: {exc}", None) from exc
-        self._count_request()
+        self._count_request(endpoint, response.status_code, started)
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
         status = response.status_code
         try:

@@ -251,3 +251,19 @@ def test_dead_rate_limiter_redis_does_not_stop_g2a_calls(
     client = make_g2a(sim, rate_limiter=RateLimiter(dead, 600))
     page = client.list_products(page=1)
     assert page.products
+
+
+def test_requests_and_429s_are_counted_in_metrics(
+    sim: SimServer, sim_http: httpx.Client, make_g2a: MakeClient
+) -> None:
+    from services.metrics import G2A_RATE_LIMITED, G2A_REQUESTS
+
+    ok = G2A_REQUESTS.labels("/v1/products", "200")
+    limited = G2A_RATE_LIMITED.labels("/v1/products")
+    ok_before, limited_before = ok._value.get(), limited._value.get()
+    sim_http.post("/_sim/faults", json={"status": 429, "count": 1})
+    client = make_g2a(sim)
+    client.list_products(page=1)
+    assert ok._value.get() == ok_before + 1
+    assert limited._value.get() == limited_before + 1
+    assert client.requests_made == 2

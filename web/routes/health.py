@@ -38,5 +38,5 @@ def readyz(resources: ResourcesDep) -> JSONResponse:
     except Exception as exc:
         ready = False
         checks["broker"] = {"ok": False, "error": type(exc).__name__}
-    checks["cache"] = {"degraded": resources.cache.degraded}
+    checks["cache"] = {"degraded": not resources.cache.probe()}
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
