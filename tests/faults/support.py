@@ -165,8 +165,8 @@ class Proc:
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
+            # To the main process only: dramatiq's forwards it to its workers itself.
+            self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout_s)
             except subprocess.TimeoutExpired:
