@@ -76,6 +76,22 @@ def test_two_syncs_three_schedulers_two_workers(
                     and not redis_client.exists(SYNC_LOCK))
 
         wait_until(done, 90, "every sync message handled", interval_s=0.2)
+
+        # Which kind won the race is chance; the skipped ones are not retried (the next
+        # schedule is). An operator asks again until a full sync has run.
+        def full_sync_ran() -> bool:
+            with resources.sessions() as s:
+                kinds = set(s.scalars(select(SyncRun.kind).where(
+                    SyncRun.status == "succeeded")))
+            if "full" in {getattr(k, "value", k) for k in kinds}:
+                return True
+            if not redis_client.exists(SYNC_LOCK):
+                job_outbox.send(broker, "catalog_sync", True)
+                figures.requests += 1
+            return False
+
+        wait_until(full_sync_ran, 60, "a full sync", interval_s=0.5)
+        wait_until(done, 60, "every sync message handled", interval_s=0.2)
         differences = catalog_differences(resources.sessions, sim)
         figures.requests += sim_stats(sim)["requests"]
         figures.faults += sim_stats(sim)["faults_injected"]
@@ -86,6 +102,7 @@ def test_two_syncs_three_schedulers_two_workers(
     figures.notes["syncs_skipped_lock_held"] = skipped
     sync_ticks = sum(1 for actor, _ in ticks if actor in ("catalog_sync", "stock_check"))
     assert ran + skipped >= 2 + sync_ticks  # every sync message was handled, none lost
+    assert skipped >= 1  # the two at once cannot both have run
 
     with resources.sessions() as s:
         runs = list(s.scalars(select(SyncRun).order_by(SyncRun.started_at)))
@@ -97,7 +114,6 @@ def test_two_syncs_three_schedulers_two_workers(
     for earlier, later in pairwise(runs):
         assert earlier.finished_at <= later.started_at
         assert earlier.fence_token < later.fence_token
-    assert any(r.kind == "full" for r in runs)
     assert differences == []
     report = check_invariants(figures, resources.sessions, cache_redis=redis_client)
     assert report.ok, report.as_dict()
