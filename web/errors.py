@@ -8,7 +8,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -51,6 +51,10 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+def _is_nul_in_text(exc: DBAPIError) -> bool:
+    return isinstance(exc, DataError) and "cannot contain NUL (0x00)" in str(exc.orig)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -80,6 +84,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if _is_connection_error(exc):
             log.warning("database unavailable", error=str(exc.orig))
             return database_unavailable()
+        if _is_nul_in_text(exc):
+            # Postgres text cannot hold NUL; only client input can carry one (an email, a
+            # search term), so it is a bad request, not a server fault.
+            return error_response(422, "invalid_request", "Text must not contain NUL (0x00).")
         log.exception("database error")
         return error_response(500, "internal_error", "Internal error.")
 
