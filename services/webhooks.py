@@ -132,6 +132,16 @@ def verify(
         raise WebhookRejected(400, "invalid_timestamp", "webhook-timestamp outside ±300 s")
 
 
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def parse(body: bytes) -> WebhookPayload:
     """Validate the body shape of CONTRACT §5; raises WebhookRejected(400)."""
 
@@ -144,6 +154,10 @@ def parse(body: bytes) -> WebhookPayload:
         raise bad("body is not JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
         raise bad("body must be an object with a data object")
+    if _has_nul(data):
+        # jsonb cannot store \u0000: refuse it here (400, the sender stops) rather than fail
+        # the insert (500, the sender retries a poison event forever).
+        raise bad("body must not contain \\u0000")
     event_type = data.get("type")
     if event_type != EVENT_TYPE:
         raise bad(f"unsupported event type {event_type!r}")
