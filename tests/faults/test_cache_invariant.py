@@ -123,3 +123,28 @@ def test_cached_cart_and_wishlist_follow_a_catalog_price_change(
         httpx.post(sim.url + "/_sim/mutate", json={"changed": 200})  # every price moves
         assert run_catalog_sync(deps, full=True).updated == 200
     assert _stale_keys(resources, redis_client) == []
+
+
+def test_keysync_check_cli_compares_the_cache_and_exits_1_on_a_stale_entry(
+    resources: Any, redis_client: Any,
+) -> None:
+    import subprocess
+
+    from tests.faults.support import KEYSYNC
+
+    _, _, _, game, _ = _setup(resources)
+
+    def run(*args: str) -> tuple[int, dict[str, Any]]:
+        done = subprocess.run([KEYSYNC, "check", "--json", *args], capture_output=True,
+                              text=True, timeout=60)
+        return done.returncode, json.loads(done.stdout)
+
+    code, report = run()
+    assert code == 0 and report["ok"] and report["cache_entries_compared"] == 7
+    with resources.sessions() as s, s.begin():
+        s.execute(update(Game).where(Game.id == game).values(price=Decimal("99.00")))
+    code, report = run()
+    assert code == 1
+    assert {v["key"] for v in report["violations"][invariants.CACHE_CHECK]} >= {f"game:{game}"}
+    code, report = run("--no-cache")
+    assert code == 0 and invariants.CACHE_CHECK not in report["checked"]

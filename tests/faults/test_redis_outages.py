@@ -167,6 +167,7 @@ def _orders_in_processing(resources: Any, n: int) -> list[tuple[uuid.UUID, uuid.
     return made
 
 
+@pytest.mark.slow
 def test_redis_restarted_during_webhook_processing(
     resources: Any, own_resources: Resources, make_resources: Any, own_redis: EmbeddedRedis,
     own_redis_client: redis_lib.Redis, tmp_path: Path, figures: Figures,
@@ -236,6 +237,7 @@ def test_redis_restarted_during_webhook_processing(
 # --- during logins ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_redis_restarted_during_logins(
     resources: Any, own_resources: Resources, make_resources: Any, own_redis: EmbeddedRedis,
     own_redis_client: redis_lib.Redis, tmp_path: Path, figures: Figures,

@@ -64,6 +64,7 @@ def _assert_clean(case: Any, response: Any) -> None:
         assert isinstance(error["code"], str) and isinstance(error["message"], str)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("who", ["anonymous", "guest", "user"])
 def test_no_5xx_no_trace_nothing_stored_on_rejection(
     who: str, resources: Resources, figures: Figures,

@@ -74,6 +74,7 @@ def _call(client: TestClient, method: str, path: str, body: Any, headers: dict[s
     return client.request(method, path, json=body, headers=headers)
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 def test_every_authenticated_endpoint_refuses_every_bad_token(
     resources: Any, figures: Any,
 ) -> None:
