@@ -483,7 +483,12 @@ def _run(
     try:
         return _run_locked(deps, kind, lock, on_progress)
     finally:
-        lock.release()
+        try:
+            lock.release()
+        except redis.RedisError as exc:
+            # The run is over and recorded in Postgres; its lock's TTL frees it. Raising here
+            # would replace the run's result (or its real error) with a Redis one.
+            log.warning("sync.lock_release_failed", error=str(exc))
 
 
 def _run_locked(
