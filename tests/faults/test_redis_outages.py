@@ -309,3 +309,48 @@ def test_redis_restarted_during_logins(
     report = check_invariants(figures, res.sessions, cache_redis=own_redis_client)
     assert report.ok, report.as_dict()
     assert report.cache_entries_compared >= 45
+
+
+def test_a_sync_that_ends_while_redis_is_down_still_reports_its_result(
+    own_resources: Resources, own_redis: EmbeddedRedis, own_redis_client: redis_lib.Redis,
+    figures: Figures,
+) -> None:
+    """Redis goes down mid-run and stays down: the listing and the Postgres writes finish,
+    and so must the run: its result, not a Redis error from releasing the lock."""
+    res = own_resources
+    with SimServer(products=100, seed=6, rate_limit_per_min=0) as sim, \
+            httpx.Client(base_url=sim.url, timeout=5.0) as http:
+        client = G2AClient(http, email=sim.config.email, api_hash=sim.config.api_hash,
+                           api_secret=sim.config.api_secret,
+                           rate_limiter=RateLimiter(res.redis, 600_000))
+        deps = SyncDeps(sessions=res.sessions, redis=res.redis, cache=res.cache, client=client,
+                        markup_percent=Decimal("2"), concurrency=1, batch_size=20)
+        down = threading.Event()
+
+        def on_progress(progress: Progress) -> None:
+            if progress.pages_done == 2:
+                down.wait(20)
+
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = run_catalog_sync(deps, full=True, on_progress=on_progress)
+            except Exception as exc:
+                outcome["error"] = repr(exc)
+
+        runner = threading.Thread(target=run)
+        runner.start()
+        wait_until(lambda: client.requests_made >= 2, 20, "sync at page 2")
+        own_redis.stop()
+        figures.faults += 1
+        down.set()
+        runner.join(60)
+        figures.requests += client.requests_made
+        assert "error" not in outcome, outcome["error"]
+        assert outcome["result"].status == "succeeded"
+        assert catalog_differences(res.sessions, sim) == []
+    own_redis.start()
+    assert replay_cache_outbox(res, own_redis.url) > 0
+    report = check_invariants(figures, res.sessions, cache_redis=own_redis_client)
+    assert report.ok, report.as_dict()
