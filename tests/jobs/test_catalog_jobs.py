@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,3 +84,19 @@ def test_lock_held_is_skipped_not_retried(g2a_worker: dramatiq.Worker, broker: A
     # Processed once and acknowledged: nothing waits for a retry, nothing was dead-lettered.
     assert not redis_client.hlen("dramatiq:default.msgs")
     assert not redis_client.exists("dramatiq:default.DQ.msgs")
+
+
+def test_full_sync_waits_for_the_lock_instead_of_being_dropped(
+    g2a_worker: dramatiq.Worker, broker: Any, session: Session, redis_client: redis_lib.Redis
+) -> None:
+    from jobs.catalog import catalog_sync
+
+    redis_client.set(SYNC_LOCK, "stock-check-holder", px=30_000)
+    catalog_sync.send(True)
+    # Deferred: it lands in the delay queue for its next attempt instead of being acked.
+    deadline = time.monotonic() + 20
+    while not redis_client.hlen("dramatiq:default.DQ.msgs") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert redis_client.hlen("dramatiq:default.DQ.msgs") == 1
+    assert not redis_client.hlen("dramatiq:default.msgs")
+    assert _runs(session) == []
