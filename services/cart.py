@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from db.models import CartItem, Game, WishlistItem
+from db.models import CartItem, Game, User, WishlistItem
 from services.cache import Cache, keys
 
 log = structlog.get_logger(__name__)
@@ -40,6 +40,10 @@ class GameUnavailable(Exception):
 
 class InvalidQuantity(ValueError):
     pass
+
+
+class OwnerNotFound(Exception):
+    """A well-signed token names a user that no longer exists (deleted, restored database)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,17 @@ class Owner:
         if self.user_id is not None:
             return {"user_id": str(self.user_id)}
         return {"guest_session": (self.session_id or "")[:8]}
+
+    def ensure_exists(self, session: Session) -> None:
+        """Before adding a row: the user owner must exist, and stays until commit (KEY SHARE
+        lock), so the insert cannot hit the foreign key. Guest sessions need no row."""
+        if self.user_id is None:
+            return
+        found = session.execute(
+            select(User.id).where(User.id == self.user_id).with_for_update(key_share=True)
+        ).first()
+        if found is None:
+            raise OwnerNotFound(str(self.user_id))
 
     def index_target(
         self, model: type[CartItem] | type[WishlistItem]
@@ -163,6 +178,7 @@ def put_item(
         raise InvalidQuantity(f"quantity must be between {MIN_QUANTITY} and {MAX_QUANTITY}")
     columns, index_where = owner.index_target(CartItem)
     with session.begin():
+        owner.ensure_exists(session)
         load_game(session, game_id)
         # An upsert on the owner's unique index: two concurrent PUTs for the same game both
         # succeed and the last one wins, instead of one failing on a duplicate insert.

@@ -54,6 +54,7 @@ def put_item(session: Session, cache: Cache, owner: Owner, game_id: uuid.UUID) -
     """Add `game_id` to the owner's wishlist; returns the new wishlist."""
     columns, index_where = owner.index_target(WishlistItem)
     with session.begin():
+        owner.ensure_exists(session)
         load_game(session, game_id, require_stock=False)
         session.execute(
             insert(WishlistItem)

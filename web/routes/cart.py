@@ -59,7 +59,10 @@ class CartItemIn(BaseModel):
     quantity: int = Field(ge=cart.MIN_QUANTITY, le=cart.MAX_QUANTITY)
 
 
-def game_errors(exc: Exception, game_id: uuid.UUID) -> ApiError:
+def item_errors(exc: Exception, game_id: uuid.UUID) -> ApiError:
+    if isinstance(exc, cart.OwnerNotFound):
+        return ApiError(401, "unauthorized", "The token's user does not exist.",
+                        {"WWW-Authenticate": "Bearer"})
     if isinstance(exc, cart.GameNotFound):
         return ApiError(404, "game_not_found", f"Game {game_id} does not exist.")
     return ApiError(409, "game_unavailable", f"Game {game_id} is not available.")
@@ -76,8 +79,8 @@ def put_cart_item(
 ) -> Any:
     try:
         return cart.put_item(session, resources.cache, owner, body.game_id, body.quantity)
-    except (cart.GameNotFound, cart.GameUnavailable) as exc:
-        raise game_errors(exc, body.game_id) from None
+    except (cart.GameNotFound, cart.GameUnavailable, cart.OwnerNotFound) as exc:
+        raise item_errors(exc, body.game_id) from None
 
 
 @router.delete("/cart/items/{game_id}")

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from services import cart, wishlist
 from web.deps import ResourcesDep, SessionDep
-from web.routes.cart import OwnerDep, game_errors
+from web.routes.cart import OwnerDep, item_errors
 
 router = APIRouter(tags=["wishlist"])
 
@@ -30,8 +30,8 @@ def put_wishlist_item(
 ) -> Any:
     try:
         return wishlist.put_item(session, resources.cache, owner, body.game_id)
-    except (cart.GameNotFound, cart.GameUnavailable) as exc:
-        raise game_errors(exc, body.game_id) from None
+    except (cart.GameNotFound, cart.GameUnavailable, cart.OwnerNotFound) as exc:
+        raise item_errors(exc, body.game_id) from None
 
 
 @router.delete("/wishlist/items/{game_id}")
