@@ -119,6 +119,18 @@ class Owner:
         return ["session_id", "game_id"], model.session_id.is_not(None)
 
 
+def holder_keys(session: Session, game_ids: list[uuid.UUID]) -> list[str]:
+    """Cache keys of every cart and wishlist holding one of `game_ids`: they show the games'
+    names and prices, so a catalog change to those games makes them stale too."""
+    keys_: list[str] = []
+    for model, key_of in ((CartItem, "cart_key"), (WishlistItem, "wishlist_key")):
+        rows = session.execute(
+            select(model.user_id, model.session_id).where(model.game_id.in_(game_ids)).distinct()
+        ).all()
+        keys_ += [getattr(Owner(user_id=u, session_id=s), key_of) for u, s in rows]
+    return keys_
+
+
 def is_buyable(game: Game) -> bool:
     return game.is_active and game.in_stock
 

@@ -41,6 +41,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import SyncKind, SyncRun, SyncStatus
+from services import cart
 from services.cache import Cache
 from services.cache import keys as cache_keys
 from services.g2a import G2AClient, G2AError, G2AProduct, ProductPage
@@ -441,10 +442,14 @@ class _Writer:
         self._invalidate_games(list(ids))
 
     def _invalidate_games(self, ids: list[uuid.UUID]) -> None:
-        if ids:
-            self.changed = True
-            self._result.invalidated_keys += len(ids)
-            self._deps.cache.invalidate([cache_keys.game(i) for i in ids])
+        if not ids:
+            return
+        self.changed = True
+        with self._deps.sessions() as session:
+            holders = cart.holder_keys(session, ids)
+        stale = [cache_keys.game(i) for i in ids] + holders
+        self._result.invalidated_keys += len(stale)
+        self._deps.cache.invalidate(stale)
 
     def _guard(self) -> None:
         # The fence is what protects the data; this only stops early once we know.

@@ -1,5 +1,5 @@
 """The cache invariant itself: it finds a stale entry of every family it covers, passes on a
-healthy cache, and (xfail) the one staleness the design still allows."""
+healthy cache, and carts/wishlists follow a catalog price change."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
@@ -98,10 +97,6 @@ def test_unreachable_redis_is_skipped_not_passed(resources: Any, dead_redis_url:
     assert invariants.CACHE_CHECK not in report.checked
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "docs/accounts.md allows a cached cart/wishlist to show a catalog price for up to its "
-    "TTL; issue 8 wants no cache entry to differ from Postgres. catalog_sync invalidates "
-    "game:{id} and the catalog families only, not the carts/wishlists holding the game."))
 def test_cached_cart_and_wishlist_follow_a_catalog_price_change(
     resources: Any, redis_client: Any, sim: SimServer,
 ) -> None:
