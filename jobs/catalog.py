@@ -42,13 +42,6 @@ def _log_outcome(result: SyncResult) -> None:
                                  if k != "error_detail"})
 
 
-# A full sync that finds the lock taken waits this long before trying again. The default
-# crons fire the full sync and the stock check at the same tick (02:00 and 14:00 are
-# quarter hours); a full sync is the only run that notices delisted products, so losing
-# that race must delay it, not drop it for 12 hours. Ten waits cover any stock check.
-LOCK_WAIT_MS = 30_000
-
-
 @dramatiq.actor(max_retries=10, time_limit=_TIME_LIMIT_MS)
 def catalog_sync(full: bool = False) -> None:
     job = current_job()
@@ -56,9 +49,14 @@ def catalog_sync(full: bool = False) -> None:
         result = run_catalog_sync(sync_deps(job.resources), full=bool(full))
     except LockHeld as held:
         if full:
+            # The default crons fire the full sync and the stock check at the same tick
+            # (02:00 and 14:00 are quarter hours). A full sync is the only run that notices
+            # delisted products, so losing that race delays it (SYNC_LOCK_RETRY_MS, up to
+            # max_retries times) instead of dropping it for 12 hours.
+            delay = job.resources.settings.sync_lock_retry_ms
             log.info("sync.deferred_lock_held", kind="full", holder=held.holder,
-                     retry_in_ms=LOCK_WAIT_MS)
-            raise dramatiq.Retry("lock:g2a:sync is held", delay=LOCK_WAIT_MS) from None
+                     retry_in_ms=delay)
+            raise dramatiq.Retry("lock:g2a:sync is held", delay=delay) from None
         # An incremental run is superseded by whichever run holds the lock (or the next one).
         log.info("sync.skipped_lock_held", kind="incremental", holder=held.holder)
         return

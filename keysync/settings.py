@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     jwt_ttl_s: int = Field(default=3600, gt=0)
     key_encryption_key: SecretStr = SecretStr(DEV_KEY_ENCRYPTION_KEY)
 
+    # How long a full sync that finds the sync lock taken waits before trying again.
+    sync_lock_retry_ms: int = Field(default=30_000, gt=0)
     sync_cron: str = "0 2,14 * * *"
     stock_check_cron: str = "*/15 * * * *"
 
