@@ -139,7 +139,7 @@ class _Missing(Exception):
 
 def _loader_for(key: str, session: Session, uncached: Cache) -> Callable[[], Any] | None:
     """The service read that fills `key`, or None for keys this checker does not cover."""
-    from services import cart, orders, wishlist
+    from services import cart, games, orders, wishlist
     from services.cart import Owner
 
     match = _CACHED_KEY.match(key)
@@ -149,13 +149,9 @@ def _loader_for(key: str, session: Session, uncached: Cache) -> Callable[[], Any
         game_id = uuid.UUID(match["game"])
 
         def game() -> Any:
-            # The loader lives with the endpoint (web/routes/games.py), the games read side.
-            from web.errors import ApiError
-            from web.routes.games import _load_game
-
             try:
-                return json.loads(encode(_load_game(session, game_id)))
-            except ApiError:
+                return json.loads(encode(games.load_game(session, game_id)))
+            except games.GameNotFound:
                 raise _Missing(key) from None
 
         return game
