@@ -25,6 +25,9 @@ import pytest
 import redis as redis_lib
 from sqlalchemy.engine import make_url
 
+# Figures of the fault, fuzz and security scenarios, summarised at the end of the run.
+pytest_plugins = ["tests.figures"]
+
 _state: dict[str, Any] = {}
 
 TABLES = ("users", "games", "cart_items", "wishlist_items", "orders", "order_items",
@@ -214,3 +217,34 @@ def worker_thread(broker: Any) -> Iterator[Any]:
     w.start()
     yield w
     w.stop()
+
+
+@pytest.fixture
+def g2a_worker(broker: Any, settings: Any, sim: Any) -> Iterator[Any]:
+    """A real in-process worker whose resources carry the G2A settings of the requesting
+    module's `sim` fixture (the suite's environment has none, on purpose)."""
+    import dramatiq
+
+    import jobs  # noqa: F401  (declare every actor)
+    from keysync.resources import Resources
+    from worker._resources import ResourcesMiddleware
+
+    configured = settings.model_copy(update={
+        "g2a_api_url": sim.url,
+        "g2a_email": sim.config.email,
+        "g2a_api_hash": type(settings.g2a_api_hash)(sim.config.api_hash),
+        "g2a_api_secret": type(settings.g2a_api_secret)(sim.config.api_secret),
+        "g2a_rate_limit_per_min": 600_000,
+    })
+    middleware = next(m for m in broker.middleware if isinstance(m, ResourcesMiddleware))
+    previous = middleware.resources
+    middleware.resources = Resources.build(configured, broker, name="test-g2a-worker")
+    w = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop()
+        if middleware.resources is not None:
+            middleware.resources.close()
+        middleware.resources = previous

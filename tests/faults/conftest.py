@@ -1,4 +1,4 @@
-"""Fixtures of the fault suite: scenario figures, the simulator, and Redis / Postgres
+"""Fixtures of the fault suite: the simulator, and Redis / Postgres
 servers of our own that a test may stop and start again (the session's shared servers
 must stay up for every other test)."""
 
@@ -9,7 +9,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis as redis_lib
@@ -18,24 +17,6 @@ from sqlalchemy import text
 from g2a_sim.server import SimServer
 from keysync.embedded import EmbeddedPostgres, EmbeddedRedis
 from tests.conftest import TABLES
-from tests.faults.support import Figures, figures_fixture, write_summary
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
-    report = yield
-    if report.when == "call":
-        item.rep_call = report  # type: ignore[attr-defined]
-    return report
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    write_summary(terminalreporter)
-
-
-@pytest.fixture
-def figures(request: pytest.FixtureRequest) -> Iterator[Figures]:
-    yield from figures_fixture(request)
 
 
 @pytest.fixture

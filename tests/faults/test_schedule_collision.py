@@ -5,47 +5,18 @@ dropped until the next tick 12 h later."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
-import pytest
 from sqlalchemy import select
 
 from db.models import SyncRun
 from g2a_sim.server import SimServer
-from keysync.resources import Resources
 from services import job_outbox
 from services.locks import SYNC_LOCK
 from services.scheduling import default_jobs, next_tick
 from tests.faults.support import sim_faults, wait_until
-from worker._resources import ResourcesMiddleware
-
-
-@pytest.fixture
-def g2a_worker(broker: Any, settings: Any, sim: SimServer) -> Iterator[dramatiq.Worker]:
-    """A real in-process worker whose resources carry the simulator's G2A settings."""
-    import jobs  # noqa: F401  (declare every actor)
-
-    configured = settings.model_copy(update={
-        "g2a_api_url": sim.url, "g2a_email": sim.config.email,
-        "g2a_api_hash": type(settings.g2a_api_hash)(sim.config.api_hash),
-        "g2a_api_secret": type(settings.g2a_api_secret)(sim.config.api_secret),
-        "g2a_rate_limit_per_min": 600_000,
-    })
-    middleware = next(m for m in broker.middleware if isinstance(m, ResourcesMiddleware))
-    previous = middleware.resources
-    middleware.resources = Resources.build(configured, broker, name="test-collision")
-    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        if middleware.resources is not None:
-            middleware.resources.close()
-        middleware.resources = previous
 
 
 def test_default_crons_fire_the_full_sync_and_the_stock_check_together(settings: Any) -> None:

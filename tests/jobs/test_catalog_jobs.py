@@ -14,42 +14,13 @@ from sqlalchemy.orm import Session
 
 from db.models import SyncRun
 from g2a_sim import SimServer
-from keysync.resources import Resources
 from services.locks import SYNC_LOCK
-from worker._resources import ResourcesMiddleware
 
 
 @pytest.fixture
 def sim() -> Iterator[SimServer]:
     with SimServer(products=120, seed=9, rate_limit_per_min=0) as server:
         yield server
-
-
-@pytest.fixture
-def g2a_worker(broker: Any, settings: Any, sim: SimServer) -> Iterator[dramatiq.Worker]:
-    """A real worker whose per-process resources carry the simulator's G2A settings (the
-    suite's environment has none, on purpose)."""
-    import jobs  # noqa: F401  (declare every actor)
-
-    configured = settings.model_copy(update={
-        "g2a_api_url": sim.url,
-        "g2a_email": sim.config.email,
-        "g2a_api_hash": type(settings.g2a_api_hash)(sim.config.api_hash),
-        "g2a_api_secret": type(settings.g2a_api_secret)(sim.config.api_secret),
-        "g2a_rate_limit_per_min": 600_000,
-    })
-    middleware = next(m for m in broker.middleware if isinstance(m, ResourcesMiddleware))
-    previous = middleware.resources
-    middleware.resources = Resources.build(configured, broker, name="test-catalog-jobs")
-    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        if middleware.resources is not None:
-            middleware.resources.close()
-        middleware.resources = previous
 
 
 def _runs(session: Session) -> list[tuple[str, str, int]]:

@@ -1,4 +1,5 @@
-"""The security suite reports its figures with the fault suite's (see tests/faults/support.py)."""
+"""Pytest plugin (registered in tests/conftest.py): the `figures` fixture that fault, fuzz
+and security scenarios fill in, and the end-of-session summary of them."""
 
 from __future__ import annotations
 
