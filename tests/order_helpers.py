@@ -150,17 +150,6 @@ def secret_bytes(secret: str) -> bytes:
     return base64.b64decode(secret.removeprefix("whsec_"))
 
 
-def wait_for(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(interval_s)
-
-
 @contextmanager
 def sim_server(**overrides: Any) -> Iterator[SimServer]:
     with SimServer(products=200, rate_limit_per_min=0, **overrides) as sim:

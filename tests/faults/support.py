@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +26,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from g2a_sim.server import SimServer
 from services import invariants
+from tests.helpers import wait_until
 
 KEYSYNC = str(Path(sys.executable).with_name("keysync"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,18 +71,6 @@ def check_invariants(
 
 
 # --- waiting -------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition",
-               interval_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s}s")
-        time.sleep(interval_s)
 
 
 # --- the simulator -------------------------------------------------------------------------
@@ -295,29 +284,3 @@ def write_summary(terminalreporter: Any) -> None:
     }, indent=2, default=str) + "\n")
 
 
-class LiveServer:
-    """The app on a real port (uvicorn in a thread), so concurrent requests really are."""
-
-    def __init__(self, app: Any) -> None:
-        import socket
-        import threading
-
-        import uvicorn
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        wait_until(lambda: self.server.started, 10, "live server")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()

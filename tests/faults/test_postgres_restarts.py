@@ -26,14 +26,8 @@ from keysync.embedded import EmbeddedPostgres
 from keysync.resources import Resources
 from services import orders, tokens
 from services.fulfilment import Fulfiller, Outcome
-from tests.faults.support import (
-    Figures,
-    LiveServer,
-    check_invariants,
-    sim_faults,
-    sim_stats,
-    wait_until,
-)
+from tests.faults.support import Figures, check_invariants, sim_faults, sim_stats
+from tests.helpers import LiveServer, wait_until
 from tests.order_helpers import make_game, make_user, sim_client, sim_game
 from web.app import create_app
 

@@ -16,7 +16,8 @@ from sqlalchemy import func, select
 
 from db.models import Order, OrderStatus, Transaction, TransactionType, WebhookEvent
 from services import order_status, orders, tokens
-from tests.faults.support import Figures, LiveServer, check_invariants, wait_until
+from tests.faults.support import Figures, check_invariants
+from tests.helpers import LiveServer, wait_until
 from tests.order_helpers import deliver_all, make_game, make_user, signed_headers, status_body
 from web.app import create_app
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -33,6 +32,7 @@ from services.catalog_sync import (
 )
 from services.g2a import G2AClient, RateLimiter
 from services.locks import SYNC_LOCK
+from tests.helpers import wait_until
 
 MARKUP = Decimal("2")
 FAST = 600_000  # requests/min: the limiter is exercised but never waits in tests
@@ -315,13 +315,6 @@ def _slow_sim(latency_ms: int) -> SimServer:
     return server
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
-
-
 def test_t017_concurrent_syncs_exactly_one_runs(
     make_deps: Any, sim: SimServer, redis_client: redis_lib.Redis, session: Session,
 ) -> None:
@@ -332,7 +325,7 @@ def test_t017_concurrent_syncs_exactly_one_runs(
             target=lambda: outcome.update(result=run_catalog_sync(make_deps(slow), full=True))
         )
         first.start()
-        _wait_for(lambda: redis_client.exists(SYNC_LOCK) == 1)
+        wait_until(lambda: redis_client.exists(SYNC_LOCK) == 1, 10, "sync lock taken")
         with pytest.raises(LockHeld) as held:
             run_catalog_sync(make_deps(sim), full=True)
         assert held.value.holder
@@ -356,7 +349,7 @@ def test_t017_expired_holder_cannot_commit_over_a_newer_run(
             target=lambda: outcome.update(result=run_catalog_sync(stale_deps, full=True))
         )
         stale.start()
-        _wait_for(lambda: redis_client.exists(SYNC_LOCK) == 1)
+        wait_until(lambda: redis_client.exists(SYNC_LOCK) == 1, 10, "sync lock taken")
         redis_client.delete(SYNC_LOCK)  # the lock "expires" while the holder is paused
         mutated = sim_post(sim, "/_sim/mutate", {"changed": 20})
         newer = run_catalog_sync(make_deps(sim), full=True)

@@ -24,6 +24,7 @@ from g2a_sim.server import SimServer
 from services import invariants, order_status, orders
 from services.fulfilment import Fulfiller, FulfilmentResult, Outcome
 from services.order_polling import poll_order_status
+from tests.helpers import wait_until
 from tests.order_helpers import (
     balance,
     make_user,
@@ -31,7 +32,6 @@ from tests.order_helpers import (
     sim_game,
     sim_server,
     sim_stats,
-    wait_for,
 )
 
 
@@ -273,7 +273,7 @@ def test_worker_killed_mid_fulfilment_completes_with_one_payment_per_key(
     first = _start_worker(sim)
     try:
         order_id, _ = _order(resources, [(game, 2)])  # dispatches fulfil_order
-        wait_for(lambda: any(u.status is killed_at for u in _units(resources, order_id)),
+        wait_until(lambda: any(u.status is killed_at for u in _units(resources, order_id)),
                  timeout_s=20)
         time.sleep(0.3)  # the slow G2A call is now in flight
     finally:
@@ -294,7 +294,7 @@ def test_worker_killed_mid_fulfilment_completes_with_one_payment_per_key(
         resumed = poll_order_status(resources.sessions, sim_client(sim), resources.broker,
                                     min_age_s=0)
         assert order_id in resumed.resumed
-        wait_for(lambda: _status(resources, order_id) is OrderStatus.COMPLETED, timeout_s=30)
+        wait_until(lambda: _status(resources, order_id) is OrderStatus.COMPLETED, timeout_s=30)
     finally:
         _kill(second)
     units = _units(resources, order_id)
@@ -313,7 +313,7 @@ def test_worker_requeues_itself_until_the_key_is_ready(resources: Any, sim: SimS
     worker = _start_worker(sim)
     try:
         order_id, _ = _order(resources, [(game, 1)])
-        wait_for(lambda: _status(resources, order_id) is OrderStatus.COMPLETED, timeout_s=30)
+        wait_until(lambda: _status(resources, order_id) is OrderStatus.COMPLETED, timeout_s=30)
     finally:
         _kill(worker)
     stats = sim_stats(sim)

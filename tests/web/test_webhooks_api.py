@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -13,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
@@ -23,6 +21,7 @@ from keysync.embedded import free_port
 from keysync.resources import Resources
 from services import invariants, order_status, orders, tokens, webhooks
 from services.fulfilment import Fulfiller, Outcome
+from tests.helpers import LiveServer, wait_until
 from tests.order_helpers import (
     TEST_SECRETS,
     balance,
@@ -34,7 +33,6 @@ from tests.order_helpers import (
     sim_game,
     sim_server,
     status_body,
-    wait_for,
 )
 from web.app import create_app
 
@@ -45,27 +43,6 @@ def client(resources: Any) -> Iterator[TestClient]:
         yield c
 
 
-class LiveServer:
-    """The app on a real port, so concurrent requests are really concurrent."""
-
-    def __init__(self, resources: Any) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(
-            create_app(resources), log_level="warning", access_log=False, lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        wait_for(lambda: self.server.started, timeout_s=10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 def _order(resources: Any, status: OrderStatus = OrderStatus.PROCESSING
@@ -174,7 +151,7 @@ def test_cached_order_read_after_webhook_shows_new_status(
     body = status_body("cancelled", order_id=order_id)
     assert client.post("/webhooks/g2a", content=body, headers=signed_headers(body)
                        ).status_code == 202
-    wait_for(lambda: _settled(resources))
+    wait_until(lambda: _settled(resources), 10)
     assert client.get(f"/orders/{order_id}", headers=auth).json()["status"] == "CANCELLED"
     assert client.get("/orders", headers=auth).json()["items"][0]["status"] == "CANCELLED"
 
@@ -185,7 +162,7 @@ def test_same_webhook_100_times_concurrently_has_one_effect(
     order_id, user_id = _order(resources)
     body = status_body("FAILED", order_id=order_id)
     headers = signed_headers(body)
-    with LiveServer(resources) as server, httpx.Client(base_url=server.url) as http:
+    with LiveServer(create_app(resources)) as server, httpx.Client(base_url=server.url) as http:
         barrier = threading.Barrier(25)
 
         def send(i: int) -> int:
@@ -196,7 +173,7 @@ def test_same_webhook_100_times_concurrently_has_one_effect(
         with ThreadPoolExecutor(25) as pool:
             codes = list(pool.map(send, range(100)))
     assert codes.count(202) == 1 and codes.count(200) == 99
-    wait_for(lambda: _settled(resources))
+    wait_until(lambda: _settled(resources), 10)
     assert _events(resources) == 1
     assert _status(resources, order_id) is OrderStatus.FAILED
     assert _refunds(resources, order_id) == 1
@@ -216,7 +193,7 @@ def test_out_of_order_and_repeated_failures(resources: Any, client: TestClient,
         body = status_body(status, order_id=order_id)
         assert client.post("/webhooks/g2a", content=body, headers=signed_headers(body)
                            ).status_code == 202
-        wait_for(lambda: _settled(resources))
+        wait_until(lambda: _settled(resources), 10)
     assert _status(resources, done) is OrderStatus.COMPLETED
     assert _status(resources, failing) is OrderStatus.FAILED
     assert _refunds(resources, failing) == 1 and _refunds(resources, done) == 0
@@ -226,7 +203,7 @@ def test_out_of_order_and_repeated_failures(resources: Any, client: TestClient,
 def test_simulator_webhook_resumes_fulfilment(resources: Any, redis_client: Any) -> None:
     """The simulator's own signed webhook (external_order_id, COMPLETED once the key is
     ready) is accepted, and processing it queues fulfilment, which then stores the key."""
-    with LiveServer(resources) as server, sim_server(
+    with LiveServer(create_app(resources)) as server, sim_server(
         webhook_url=server.url + "/webhooks/g2a", webhook_secret=TEST_SECRETS[0], key_delay_s=1.0
     ) as sim:
         user_id = make_user(resources.sessions, "500.00")
@@ -238,7 +215,7 @@ def test_simulator_webhook_resumes_fulfilment(resources: Any, redis_client: Any)
                               resources.broker,
                               resources.settings.key_encryption_key.get_secret_value())
         assert fulfiller.run(order_id).outcome is Outcome.PENDING  # paid, key not ready
-        event_id = wait_for(lambda: _event_ids(resources), timeout_s=10)[0]
+        event_id = wait_until(lambda: _event_ids(resources), timeout_s=10)[0]
         result = webhooks.process_event(resources.sessions, resources.broker, resources.cache,
                                         event_id)
         assert result.outcome == "processed" and result.order_id == order_id
