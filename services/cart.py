@@ -14,7 +14,7 @@ import uuid
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import ColumnElement, delete, select
@@ -131,7 +131,15 @@ def holder_keys(session: Session, game_ids: list[uuid.UUID]) -> list[str]:
     return keys_
 
 
-def is_buyable(game: Game) -> bool:
+class _Listed(Protocol):
+    @property
+    def is_active(self) -> bool: ...
+    @property
+    def in_stock(self) -> bool: ...
+
+
+def is_buyable(game: _Listed) -> bool:
+    """The one rule for what can go into a cart or an order: listed and in stock."""
     return game.is_active and game.in_stock
 
 
@@ -140,7 +148,7 @@ def load_game(session: Session, game_id: uuid.UUID, *, require_stock: bool = Tru
     game = session.get(Game, game_id)
     if game is None:
         raise GameNotFound(str(game_id))
-    if not game.is_active or (require_stock and not game.in_stock):
+    if not (is_buyable(game) if require_stock else game.is_active):
         raise GameUnavailable(str(game_id))
     return game
 
@@ -172,7 +180,7 @@ def get_cart(session: Session, cache: Cache, owner: Owner) -> Any:
                 "quantity": row.quantity,
                 "name": row.name,
                 "price": row.price,
-                "available": row.is_active and row.in_stock,
+                "available": is_buyable(row),
             }
             for row in rows
         ]

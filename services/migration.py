@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from db.models import CartItem, Game, User, WishlistItem
 from services.cache import Cache, keys
-from services.cart import MAX_QUANTITY
+from services.cart import MAX_QUANTITY, is_buyable
 
 log = structlog.get_logger(__name__)
 
@@ -125,9 +125,9 @@ def _migrate_cart(
     ).all()
     if not guest:
         return
-    available = [row for row in guest if row.is_active and row.in_stock]
+    available = [row for row in guest if is_buyable(row)]
     for row in guest:
-        if not (row.is_active and row.in_stock):
+        if not is_buyable(row):
             result.skipped_unavailable += 1
             result.unavailable_game_ids.append(str(row.game_id))
     if available:

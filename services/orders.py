@@ -37,6 +37,7 @@ from db.models import (
 )
 from services import job_outbox
 from services.cache import Cache, keys
+from services.cart import is_buyable
 
 log = structlog.get_logger(__name__)
 
@@ -154,7 +155,7 @@ def _create_in_transaction(
     }
     for game_id in wanted:
         game = games.get(game_id)
-        if game is None or not game.is_active or not game.in_stock:
+        if game is None or not is_buyable(game):
             raise GameUnavailable(f"game {game_id} is not available")
 
     total = sum(
