@@ -2,9 +2,13 @@
 
 - Passwords are hashed with argon2id (argon2-cffi). Hashing happens outside any database
   transaction so a pooled connection is never held for the ~50 ms it costs.
-- Emails are stored as typed (surrounding spaces stripped) and compared case-insensitively;
-  the unique index on lower(email) is the arbiter, so two concurrent registrations of the
-  same address give one user and one EmailTaken, with no check-then-insert window.
+- Emails are stored as typed (surrounding spaces stripped) and compared case-insensitively
+  in one place only: Postgres `lower()`. The unique index on lower(email) is the arbiter of
+  registration (two concurrent registrations of the same address give one user and one
+  EmailTaken, with no check-then-insert window), and every lookup compares
+  `lower(email) = lower(:typed)` in SQL. Python's `str.lower()` must never take part: it
+  differs from Postgres for some letters (final sigma, dotted capital I), so an address
+  could register and then never be found.
 - The welcome email is staged in the job outbox inside the registration transaction and
   dispatched after commit (by default right away, or by whatever `defer` the caller passes,
   e.g. after the HTTP response). A dead broker leaves it for the outbox relay; nothing about
@@ -27,7 +31,7 @@ import structlog
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from prometheus_client import Counter
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -93,10 +97,13 @@ def normalise_email(email: str) -> str:
     return email.strip()
 
 
+def email_matches(email: str) -> ColumnElement[bool]:
+    """The one email comparison: both sides folded by Postgres, as the unique index is."""
+    return func.lower(User.email) == func.lower(normalise_email(email))
+
+
 def find_user(session: Session, email: str) -> User | None:
-    return session.execute(
-        select(User).where(func.lower(User.email) == normalise_email(email).lower())
-    ).scalar_one_or_none()
+    return session.execute(select(User).where(email_matches(email))).scalar_one_or_none()
 
 
 def issue_token(settings: Settings, user_id: uuid.UUID) -> str:
@@ -320,9 +327,7 @@ def top_up(
     amount = parse_amount(amount)
     with sessions() as session, session.begin():
         user = session.execute(
-            select(User)
-            .where(func.lower(User.email) == normalise_email(email).lower())
-            .with_for_update()
+            select(User).where(email_matches(email)).with_for_update()
         ).scalar_one_or_none()
         if user is None:
             raise UserNotFound(normalise_email(email))

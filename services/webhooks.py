@@ -24,6 +24,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import dramatiq
@@ -74,6 +75,7 @@ class WebhookPayload:
     status: OrderStatus
     order_id: uuid.UUID | None
     external_order_id: str | None
+    occurred_at: datetime
     body: dict[str, Any]
 
 
@@ -169,6 +171,9 @@ def parse(body: bytes) -> WebhookPayload:
         status = order_status.parse_status(raw_status)
     except ValueError as exc:
         raise bad(str(exc)) from None
+    occurred_at = _parse_occurred_at(inner.get("occurred_at"))
+    if occurred_at is None:
+        raise bad("data.occurred_at must be an ISO-8601 date-time string")
     order_id: uuid.UUID | None = None
     if inner.get("order_id") is not None:
         try:
@@ -181,8 +186,22 @@ def parse(body: bytes) -> WebhookPayload:
     if order_id is None and external is None:
         raise bad("data.order_id or data.external_order_id is required")
     return WebhookPayload(
-        event_type, status, order_id, None if external is None else str(external), data
+        event_type, status, order_id, None if external is None else str(external), occurred_at,
+        data,
     )
+
+
+def _parse_occurred_at(value: object) -> datetime | None:
+    """ISO-8601 as Python 3.11's `fromisoformat` reads it (extended and basic forms, `Z`,
+    offsets, fractions); None for anything else. Deliberately lenient about *which* ISO-8601
+    form: a 400 makes the sender drop the event, so a valid but unusual spelling must not be
+    refused. A value without an offset is kept as sent (the field is informational)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except (ValueError, OverflowError):
+        return None
 
 
 def store(

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from db.models import Transaction, TransactionType, User
 from keysync.cli import main
@@ -51,3 +51,23 @@ def test_bad_input_exits_2_with_a_clear_message() -> None:
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
     assert run("user", "create", "c@example.com").exit_code == 2  # --password missing
+
+
+def test_top_up_finds_unicode_addresses_as_postgres_folds_them(session: Any) -> None:
+    # Python's str.lower() disagrees with Postgres lower() on final sigma and dotted İ;
+    # the CLI must find the user exactly as login and the unique index do.
+    for address, variant in [("ΟΔΥΣΣΕΥΣ@example.com", "οδυσσευσ@example.com"),
+                             ("İlkay@Example.com", "ilkay@example.com")]:
+        with session.begin():
+            assert session.scalar(select(func.lower(variant) == func.lower(address)))
+        created = run("user", "create", address, "--password", "password1", "--json")
+        assert created.exit_code == 0, created.output
+        for typed in (address, variant):
+            topped = run("user", "top-up", typed, "1.50", "--json")
+            assert topped.exit_code == 0, (typed, topped.output)
+            assert json.loads(topped.stdout)["email"] == address
+        assert json.loads(topped.stdout)["balance"] == "3.00"
+        duplicate = run("user", "create", variant, "--password", "password1")
+        assert duplicate.exit_code == 2 and "already exists" in duplicate.output
+    with session.begin():
+        assert session.scalar(select(func.count()).select_from(User)) == 2

@@ -207,3 +207,69 @@ def test_email_log_backend_and_unreachable_smtp(settings: Any) -> None:
         "email_backend": "smtp", "smtp_url": SecretStr(f"smtp://u:pw@127.0.0.1:{free_port()}")})
     with pytest.raises(OSError):
         email.send_email(smtp, "a@example.com", "Hello", "body")
+
+
+# --- email case: compared in one place, Postgres lower() ---------------------------------
+
+# Addresses where Python's str.lower() and Postgres lower() disagree (final sigma: Python
+# folds the last capital sigma to the final form, Postgres to the medial one; dotted capital
+# I: Python gives "i" + U+0307, Postgres a single letter or none), plus plain mixed case.
+TRICKY_EMAILS = ["ΟΔΥΣΣΕΥΣ@example.com", "İSTANBUL.İzmir@example.com",
+                 "MiXeD.CaSe@Example.COM"]
+
+
+def _pg_lower(session: Any, value: str) -> str:
+    with session.begin():
+        return str(session.scalar(select(func.lower(value))))
+
+
+def case_variants(session: Any, address: str) -> list[str]:
+    """Other spellings of `address` that Postgres lower() equates with it (never itself)."""
+    candidates = {address.upper(), address.lower(), address.swapcase(), address.casefold(),
+                  _pg_lower(session, address), address.title()}
+    candidates.discard(address)
+    with session.begin():
+        equal = [c for c in sorted(candidates)
+                 if session.scalar(select(func.lower(c) == func.lower(address)))]
+    assert _pg_lower(session, address) in equal or _pg_lower(session, address) == address
+    return equal
+
+
+def test_python_and_postgres_lower_disagree_on_the_tricky_addresses(session: Any) -> None:
+    # Guards the tests below: without this disagreement they would not exercise the bug.
+    for address in TRICKY_EMAILS[:2]:
+        assert _pg_lower(session, address) != address.lower(), address
+
+
+@pytest.mark.parametrize("address", TRICKY_EMAILS)
+def test_any_registered_address_logs_in_and_is_found(sessions: Any, session: Any, cache: Any,
+                                                     broker: Any, settings: Any,
+                                                     address: str) -> None:
+    user = auth.register(sessions, broker, settings, email=address, password="password1",
+                         hasher=FAST).user
+    assert user.email == address  # stored as typed
+    same = auth.login(sessions, cache, broker, settings, email=f" {address} ",
+                      password="password1", hasher=FAST)
+    assert same.user.id == user.id
+    variants = case_variants(session, address)
+    if address.isascii():
+        assert {address.lower(), address.upper()} <= set(variants)
+    for variant in variants:
+        logged_in = auth.login(sessions, cache, broker, settings, email=variant,
+                               password="password1", hasher=FAST)
+        assert logged_in.user.id == user.id, variant
+        with pytest.raises(auth.EmailTaken):
+            auth.register(sessions, broker, settings, email=variant, password="password1",
+                          hasher=FAST)
+        with pytest.raises(auth.EmailTaken):
+            auth.create_user(sessions, email=variant, password="password1", hasher=FAST)
+    # Python's lower() is not an oracle: when Postgres does not equate it, it is another
+    # address, consistently for login and registration.
+    if address.lower() not in variants:
+        with pytest.raises(auth.InvalidCredentials):
+            auth.login(sessions, cache, broker, settings, email=address.lower(),
+                       password="password1", hasher=FAST)
+    topped = auth.top_up(sessions, cache, email=(variants or [address])[0],
+                         amount=Decimal("3.00"))
+    assert topped.id == user.id and topped.balance == Decimal("3.00")
+    assert count(session, User) == 1

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -77,17 +79,51 @@ def test_verify_rejections() -> None:
 
 @pytest.mark.parametrize(
     "body",
+    # Each body is valid but for one thing (occurred_at included), so each case really
+    # tests its own check rather than failing on a missing field first.
     [b"{not json", b"[]", b'{"type": "order.status_changed"}',
-     b'{"type": "other", "data": {"order_id": "%s", "status": "FAILED"}}' % str(
-         uuid.uuid4()).encode(),
-     b'{"type": "order.status_changed", "data": {"order_id": "x", "status": "FAILED"}}',
-     b'{"type": "order.status_changed", "data": {"status": "FAILED"}}',
+     b'{"type": "other", "data": {"order_id": "%s", "status": "FAILED", '
+     b'"occurred_at": "2026-01-01T00:00:00Z"}}' % str(uuid.uuid4()).encode(),
+     b'{"type": "order.status_changed", "data": {"order_id": "x", "status": "FAILED", '
+     b'"occurred_at": "2026-01-01T00:00:00Z"}}',
+     b'{"type": "order.status_changed", "data": {"status": "FAILED", '
+     b'"occurred_at": "2026-01-01T00:00:00Z"}}',
      status_body("SHIPPED", order_id=uuid.uuid4())],
 )
 def test_parse_rejects_malformed(body: bytes) -> None:
     with pytest.raises(webhooks.WebhookRejected) as info:
         webhooks.parse(body)
     assert info.value.status == 400
+
+
+def _with_occurred_at(value: object, *, present: bool = True) -> bytes:
+    data: dict[str, object] = {"order_id": str(uuid.uuid4()), "status": "FAILED"}
+    if present:
+        data["occurred_at"] = value
+    return json.dumps({"type": "order.status_changed", "data": data}).encode()
+
+
+@pytest.mark.parametrize("body", [
+    _with_occurred_at(None, present=False), _with_occurred_at(None), _with_occurred_at(1767225600),
+    _with_occurred_at(True), _with_occurred_at(""), _with_occurred_at("yesterday"),
+    _with_occurred_at("2026-13-01T00:00:00Z"), _with_occurred_at("2026-01-01T25:00:00Z"),
+    _with_occurred_at(["2026-01-01T00:00:00Z"]), _with_occurred_at({"at": "2026-01-01"}),
+])
+def test_parse_requires_an_iso8601_occurred_at(body: bytes) -> None:
+    with pytest.raises(webhooks.WebhookRejected) as info:
+        webhooks.parse(body)
+    assert (info.value.status, info.value.code) == (400, "invalid_webhook")
+    assert "occurred_at" in info.value.message
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("2026-01-01T00:00:00Z", datetime(2026, 1, 1, tzinfo=UTC)),
+    ("2026-01-01T02:30:00+02:30", datetime(2026, 1, 1, tzinfo=UTC)),
+    ("2026-01-01T00:00:00.250-05:00", datetime(2026, 1, 1, 5, 0, 0, 250000, tzinfo=UTC)),
+    ("20260101T000000Z", datetime(2026, 1, 1, tzinfo=UTC)),
+])
+def test_parse_accepts_iso8601_forms(value: str, expected: datetime) -> None:
+    assert webhooks.parse(_with_occurred_at(value)).occurred_at == expected
 
 
 def _order(resources: Any, status: OrderStatus | None = None) -> tuple[uuid.UUID, uuid.UUID]:

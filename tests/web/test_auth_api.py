@@ -194,3 +194,27 @@ def test_postgres_unreachable_is_503_with_retry_after(settings: Any, broker: Any
             assert "Traceback" not in response.text
     finally:
         resources.close()
+
+
+@pytest.mark.parametrize("address, variant", [
+    # Python's lower() and Postgres lower() disagree on both: before the fix these addresses
+    # registered (201) and then every login answered 401.
+    ("ΟΔΥΣΣΕΥΣ@example.com", "οδυσσευσ@EXAMPLE.com"),
+    ("İSTANBUL@example.com", "İstanbul@Example.com"),
+    ("Mixed.Case@Example.com", "mixed.case@example.COM"),
+])
+def test_unicode_case_variants_register_once_and_log_in(client: TestClient, session: Any,
+                                                        address: str, variant: str) -> None:
+    with session.begin():  # the variant really is the same address to Postgres
+        assert session.scalar(select(func.lower(variant) == func.lower(address)))
+    user = register(client, address)["user"]
+    assert user["email"] == address
+    for typed in (address, variant):
+        login = client.post("/auth/login", json={"email": typed, "password": "password1"})
+        assert login.status_code == 200, (typed, login.text)
+        assert login.json()["user"]["id"] == user["id"]
+    again = client.post("/auth/register", json={"email": variant, "password": "password1"})
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "email_taken"
+    with session.begin():
+        assert session.scalar(select(func.count()).select_from(User)) == 1

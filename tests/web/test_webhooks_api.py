@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -91,6 +92,51 @@ def test_accepted_then_duplicate(resources: Any, client: TestClient) -> None:
     assert client.post("/webhooks/g2a", content=body, headers=headers).status_code == 200
     assert _events(resources) == 1
     assert {o: _metric(o) - v for o, v in before.items()} == {"accepted": 1, "duplicate": 1}
+
+
+def _body_with_occurred_at(order_id: uuid.UUID, value: object, *, present: bool = True
+                           ) -> bytes:
+    data: dict[str, object] = {"order_id": str(order_id), "status": "FAILED"}
+    if present:
+        data["occurred_at"] = value
+    return json.dumps({"type": "order.status_changed", "data": data}).encode()
+
+
+@pytest.mark.parametrize("value, present", [
+    (None, False), (None, True), (1767225600, True), (1767225600.5, True), (True, True),
+    ("", True), ("not a date", True), ("2026-02-30T00:00:00Z", True),
+    ("01/02/2026 10:00", True), (["2026-01-01T00:00:00Z"], True),
+], ids=["missing", "null", "int", "float", "bool", "empty", "garbage", "no-such-day",
+        "us-format", "list"])
+def test_occurred_at_missing_or_not_iso8601_is_400_and_stores_nothing(
+    resources: Any, client: TestClient, value: object, present: bool
+) -> None:
+    order_id, _ = _order(resources)
+    body = _body_with_occurred_at(order_id, value, present=present)
+    # Checked only after the signature: an unsigned caller learns nothing about the body.
+    unsigned = client.post("/webhooks/g2a", content=body,
+                           headers={"content-type": "application/json"})
+    assert unsigned.status_code == 401
+    r = client.post("/webhooks/g2a", content=body, headers=signed_headers(body))
+    assert r.status_code == 400, r.text
+    assert r.json() == {"error": {"code": "invalid_webhook", "message": r.json()["error"][
+        "message"]}}
+    assert "occurred_at" in r.json()["error"]["message"]
+    assert _events(resources) == 0
+    assert _status(resources, order_id) is OrderStatus.PROCESSING
+    assert _refunds(resources, order_id) == 0
+
+
+def test_occurred_at_with_offset_or_z_is_accepted(resources: Any, client: TestClient) -> None:
+    order_id, _ = _order(resources)
+    sent = ["2026-01-01T10:00:00Z", "2026-01-01T12:00:00.5+02:00", "2026-01-01T05:00:00-05:00"]
+    for value in sent:
+        body = _body_with_occurred_at(order_id, value)
+        r = client.post("/webhooks/g2a", content=body, headers=signed_headers(body))
+        assert r.status_code == 202, (value, r.text)
+    with resources.sessions() as s:
+        stored = s.scalars(select(WebhookEvent.payload["data"]["occurred_at"].astext)).all()
+    assert sorted(stored) == sorted(sent)  # kept exactly as sent
 
 
 def _metric(outcome: str) -> float:
