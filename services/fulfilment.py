@@ -26,6 +26,14 @@ Crash windows (see docs/orders.md):
   ORD04. The unit becomes KEY_LOST, an operator alert is logged (the key must be recovered
   through G2A support) and the order FAILS with a refund: the customer is never left paying
   for a key they cannot see. No retry loop.
+
+Paid keys are never abandoned. A FAILED/CANCELLED (and its refund) can land between a
+unit's PAID commit and its key step, or while the key is not ready yet. The order is then
+final and nothing more is created or paid for it, but every run that finds the order
+refunded still fetches the key of each PAID unit and keeps it encrypted (DELIVERED under a
+refunded order: for support or resale, never shown to the customer). A key G2A will not
+hand out any more (ORD04) becomes KEY_LOST with `alert=g2a_paid_after_refund`; a transient
+error leaves the unit PAID and the run PENDING, so the actor and the poller come back.
 """
 
 from __future__ import annotations
@@ -67,6 +75,12 @@ FULFILMENT_RUNS = Counter(
 G2A_KEYS_LOST = Counter(
     "keysync_g2a_keys_lost_total", "Paid G2A keys answered ORD04 before we stored them (alert)"
 )
+G2A_KEYS_KEPT = Counter(
+    "keysync_g2a_keys_kept_total",
+    "Keys fetched for units paid before their order was FAILED/CANCELLED (kept for support)",
+)
+
+_NOT_FOUND = "order not found"
 
 # G2A refusals that no retry can fix: out of stock (ORD01), price above our max (ORD05),
 # unknown product (BR01), not enough funds on the account (ORD112).
@@ -94,6 +108,9 @@ class FulfilmentResult:
     outcome: Outcome
     reason: str = ""
     transitions: list[order_status.Transition] = field(default_factory=list)
+    # units paid before the order was refunded: keys fetched and kept / lost at G2A (ORD04)
+    kept_keys: int = 0
+    lost_keys: int = 0
 
 
 class _Stop(Exception):
@@ -138,6 +155,8 @@ class Fulfiller:
                 self._finish(result)
             except _Stop as stop:
                 result.outcome, result.reason = stop.outcome, stop.reason
+                if stop.outcome in (Outcome.FAILED, Outcome.SKIPPED) and stop.reason != _NOT_FOUND:
+                    self._keep_paid_keys(result)
             FULFILMENT_RUNS.labels(result.outcome.value).inc()
             log.info("fulfilment run ended", outcome=result.outcome.value, reason=result.reason)
             return result
@@ -153,7 +172,7 @@ class Fulfiller:
         with self.sessions() as session, session.begin():
             order = order_status.lock_order(session, result.order_id)
             if order is None:
-                raise _Stop(Outcome.SKIPPED, "order not found")
+                raise _Stop(Outcome.SKIPPED, _NOT_FOUND)
             tx = _Tx(session, order)
             try:
                 yield tx
@@ -336,6 +355,74 @@ class Fulfiller:
         row.last_error = None
         row.updated_at = func.now()
         bound.info("g2a key stored", g2a_order_id=row.g2a_order_id)
+
+    # --- units paid before the order was refunded ------------------------------------------
+
+    def _keep_paid_keys(self, result: FulfilmentResult) -> None:
+        """Fetch and keep the key of every PAID unit of a FAILED/CANCELLED order.
+
+        G2A has been paid for these units, so their keys are ours whatever happened to the
+        customer's order: leaving them at G2A would be money spent on nothing. The order
+        itself is not touched (terminal, refunded once already). A transient G2A error makes
+        the run PENDING, so the actor's delayed retries and then the poller come back.
+        """
+        try:
+            with self._locked(result) as tx:
+                if tx.order.status not in order_status.REFUNDING:
+                    return
+                refunded_as = tx.order.status.value
+                row_ids = list(tx.session.scalars(
+                    select(G2APurchase.id)
+                    .join(OrderItem, OrderItem.id == G2APurchase.order_item_id)
+                    .where(OrderItem.order_id == tx.order.id,
+                           G2APurchase.status == G2APurchaseStatus.PAID)
+                    .order_by(G2APurchase.id)
+                ))
+            # One transaction per key under the order lock, like `_fetch_key`: a stored key
+            # is committed before the next G2A call.
+            for row_id in row_ids:
+                with self._locked(result) as tx:
+                    row = tx.session.execute(
+                        select(G2APurchase).where(G2APurchase.id == row_id,
+                                                  G2APurchase.status == G2APurchaseStatus.PAID)
+                    ).scalar_one_or_none()
+                    if row is not None:
+                        self._keep_key(tx, row, refunded_as, result)
+        except _Stop as stop:
+            result.outcome, result.reason = stop.outcome, f"keeping paid keys: {stop.reason}"
+
+    def _keep_key(
+        self, tx: _Tx, row: G2APurchase, refunded_as: str, result: FulfilmentResult
+    ) -> None:
+        assert row.g2a_order_id is not None  # PAID rows always carry the G2A order id
+        bound = log.bind(order_id=str(tx.order.id), order_item_id=row.order_item_id,
+                         unit_index=row.unit_index, g2a_order_id=row.g2a_order_id,
+                         order_status=refunded_as)
+        try:
+            key = self.g2a.get_key(row.g2a_order_id)
+        except G2AKeyAlreadyDownloaded as exc:
+            bound.error(
+                "ALERT g2a key paid for a refunded order cannot be fetched (already "
+                "downloaded); recover it via G2A support",
+                alert="g2a_paid_after_refund",
+            )
+            G2A_KEYS_LOST.inc()
+            row.status = G2APurchaseStatus.KEY_LOST
+            row.last_error = f"paid, order {refunded_as}: {exc}"
+            row.updated_at = func.now()
+            result.lost_keys += 1
+            return
+        except G2AError as exc:
+            self._pending(exc, bound, "get_key (refunded order)")
+        # DELIVERED under a FAILED/CANCELLED order = kept for support: the order view shows
+        # keys only for COMPLETED orders, so the customer never sees it.
+        row.key_encrypted = Fernet(self.key_encryption_key.encode()).encrypt(key.encode())
+        row.status = G2APurchaseStatus.DELIVERED
+        row.last_error = None
+        row.updated_at = func.now()
+        G2A_KEYS_KEPT.inc()
+        result.kept_keys += 1
+        bound.warning("g2a key of a refunded order kept for support")
 
     # --- outcomes ----------------------------------------------------------------------
 

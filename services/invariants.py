@@ -82,9 +82,28 @@ CHECKS: dict[str, str] = {
         SELECT order_item_id, unit_index, COUNT(*) FROM g2a_purchases
         GROUP BY order_item_id, unit_index HAVING COUNT(*) > 1
     """,
+    # A key kept for a refunded order may lack the pay transaction id: the reconciler
+    # confirmed that payment through G2A's order details, which carry none (and G2A hands
+    # out keys for paid orders only). Every other key comes from our own pay step.
     "delivered_keys_were_paid": """
-        SELECT id, order_item_id, unit_index FROM g2a_purchases
-        WHERE status = 'DELIVERED' AND (g2a_order_id IS NULL OR transaction_id IS NULL)
+        SELECT gp.id, gp.order_item_id, gp.unit_index FROM g2a_purchases gp
+        JOIN order_items oi ON oi.id = gp.order_item_id
+        JOIN orders o ON o.id = oi.order_id
+        WHERE gp.status = 'DELIVERED'
+          AND (gp.g2a_order_id IS NULL
+               OR (gp.transaction_id IS NULL AND o.status NOT IN ('FAILED', 'CANCELLED')))
+    """,
+    # G2A was paid for the unit, its order is final, and its key is neither stored nor
+    # alerted on (KEY_LOST): nothing is going to fetch it. A PAID unit of a refunded order
+    # is fine for a while (fulfilment and the poller fetch it), hence the grace.
+    "paid_keys_fetched_or_alerted": """
+        SELECT o.id AS order_id, o.status AS order_status, gp.order_item_id, gp.unit_index,
+               gp.g2a_order_id
+        FROM g2a_purchases gp
+        JOIN order_items oi ON oi.id = gp.order_item_id
+        JOIN orders o ON o.id = oi.order_id
+        WHERE gp.status = 'PAID' AND o.status IN ('COMPLETED', 'FAILED', 'CANCELLED')
+          AND GREATEST(gp.updated_at, o.updated_at) < now() - interval '10 minutes'
     """,
     "webhook_events_accounted_for": """
         SELECT event_id, received_at FROM webhook_events
@@ -94,6 +113,45 @@ CHECKS: dict[str, str] = {
     "no_negative_balances": "SELECT id, balance FROM users WHERE balance < 0",
 }
 
+
+# The part of a check that gives live work time to settle; dropped with grace=False.
+_GRACE_CLAUSES: dict[str, str] = {
+    "webhook_events_accounted_for": "AND received_at < now() - interval '10 minutes'",
+    "paid_keys_fetched_or_alerted":
+        "AND GREATEST(gp.updated_at, o.updated_at) < now() - interval '10 minutes'",
+}
+
+# Every unit G2A was paid for, by where its key is. Reported, never a violation by itself:
+# paid at G2A = delivered + kept for support + awaiting key + key lost.
+_G2A_PAID_ACCOUNTING = """
+    SELECT
+      COUNT(*) FILTER (WHERE gp.status = 'DELIVERED'
+                       AND o.status NOT IN ('FAILED', 'CANCELLED')) AS delivered,
+      COUNT(*) FILTER (WHERE gp.status = 'DELIVERED'
+                       AND o.status IN ('FAILED', 'CANCELLED')) AS kept_for_support,
+      COUNT(*) FILTER (WHERE gp.status = 'PAID') AS awaiting_key,
+      COUNT(*) FILTER (WHERE gp.status = 'KEY_LOST') AS key_lost
+    FROM g2a_purchases gp
+    JOIN order_items oi ON oi.id = gp.order_item_id
+    JOIN orders o ON o.id = oi.order_id
+    WHERE gp.status IN ('PAID', 'DELIVERED', 'KEY_LOST')
+"""
+
+# Units paid at G2A whose key we do not hold although their order is final: KEY_LOST (the
+# alert was raised; an operator recovers the key through G2A support) or PAID (still being
+# fetched; a violation once past the grace, see `paid_keys_fetched_or_alerted`).
+_PAID_KEYS_NOT_FETCHED = """
+    SELECT o.id AS order_id, o.status AS order_status, gp.order_item_id, gp.unit_index,
+           gp.g2a_order_id,
+           CASE gp.status WHEN 'KEY_LOST' THEN 'key_lost' ELSE 'awaiting_key' END AS state,
+           gp.last_error, gp.updated_at
+    FROM g2a_purchases gp
+    JOIN order_items oi ON oi.id = gp.order_item_id
+    JOIN orders o ON o.id = oi.order_id
+    WHERE gp.status = 'KEY_LOST'
+       OR (gp.status = 'PAID' AND o.status IN ('COMPLETED', 'FAILED', 'CANCELLED'))
+    ORDER BY gp.updated_at, gp.id
+"""
 
 CACHE_CHECK = "cache_matches_postgres"
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -114,6 +172,10 @@ class InvariantReport:
     checked: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     cache_entries_compared: int = 0
+    # paid at G2A = delivered + kept_for_support + awaiting_key + key_lost (and `total`)
+    g2a_paid: dict[str, int] = field(default_factory=dict)
+    # units paid at G2A, order final, key not held: listed for operators (see the query)
+    paid_keys_not_fetched: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -122,7 +184,8 @@ class InvariantReport:
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "checked": self.checked,
                 "violations": {k: v for k, v in self.violations.items() if v},
-                "skipped": self.skipped, "cache_entries_compared": self.cache_entries_compared}
+                "skipped": self.skipped, "cache_entries_compared": self.cache_entries_compared,
+                "g2a_paid": self.g2a_paid, "paid_keys_not_fetched": self.paid_keys_not_fetched}
 
 
 class _LoadOnly(Cache):
@@ -240,8 +303,9 @@ def check(session: Session, *, paid_g2a_orders: int | None = None,
     `paid_g2a_orders`: the G2A side's count of paid orders (e.g. the simulator's
     `/_sim/stats`), cross-checked against our PAID/DELIVERED/KEY_LOST purchases so a
     payment we do not know about (a double payment) is caught.
-    `webhook_grace=False` demands that every stored event is settled now (after a test
-    has drained the queues), not only those older than ten minutes.
+    `webhook_grace=False` demands that every stored event is settled, and every paid key of
+    a final order fetched or alerted on, now (after a test has drained the queues), not
+    only those older than ten minutes.
     `cache_redis`: the cache's Redis; every cached game, cart, wishlist and order entry
     there must equal what its loader computes from Postgres now (and the cache outbox must
     be drained). Unreachable Redis is reported in `skipped`, not as a pass.
@@ -250,15 +314,20 @@ def check(session: Session, *, paid_g2a_orders: int | None = None,
     with session.begin():
         session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
         for name, query in CHECKS.items():
-            if name == "webhook_events_accounted_for" and not webhook_grace:
-                query = query.replace("AND received_at < now() - interval '10 minutes'", "")
+            if not webhook_grace and name in _GRACE_CLAUSES:
+                query = query.replace(_GRACE_CLAUSES[name], "")
             rows = session.execute(text(query)).mappings().all()
             report.checked.append(name)
             report.violations[name] = [{k: str(v) for k, v in row.items()} for row in rows]
+        paid = session.execute(text(_G2A_PAID_ACCOUNTING)).mappings().one()
+        report.g2a_paid = {k: int(v) for k, v in paid.items()}
+        report.g2a_paid["total"] = sum(report.g2a_paid.values())
+        report.paid_keys_not_fetched = [
+            {k: None if v is None else str(v) for k, v in row.items()}
+            for row in session.execute(text(_PAID_KEYS_NOT_FETCHED)).mappings()
+        ]
         if paid_g2a_orders is not None:
-            ours = session.execute(text(
-                "SELECT COUNT(*) FROM g2a_purchases WHERE status IN ('PAID', 'DELIVERED', "
-                "'KEY_LOST')")).scalar_one()
+            ours = report.g2a_paid["total"]
             report.checked.append("g2a_payments_match")
             report.violations["g2a_payments_match"] = (
                 [] if ours == paid_g2a_orders

@@ -5,7 +5,11 @@ Every run looks at orders that should be moving but have been quiet for `min_age
   killed mid-message): fulfilment is queued;
 - PROCESSING orders: for each CREATED/PAID G2A purchase, `GET /v1/order/details` tells
   whether G2A is done. A paid-and-complete order (key ready), an unpaid order (we stopped
-  before paying) or a unit with no purchase yet all mean "resume": fulfilment is queued.
+  before paying) or a unit with no purchase yet all mean "resume": fulfilment is queued;
+- FAILED/CANCELLED orders with PAID units (G2A was paid, then the order was refunded before
+  the key came): once G2A says the key is ready, fulfilment is queued to fetch and keep it;
+- FAILED/CANCELLED orders with CREATED units whose pay call had an unknown outcome: if G2A
+  did take the money the unit is recorded PAID and fulfilment is queued for its key.
 
 Resuming goes through the same idempotent `fulfil_order` job (and, through it, the same
 `order_status.apply`) as webhooks, so the poller cannot do anything a duplicate webhook
@@ -95,6 +99,7 @@ def poll_order_status(
             bound.info("poller resumes fulfilment", reason=reason)
             result.resumed.append(order_id)
 
+    _resume_paid_refunded(sessions, g2a, result, cutoff=cutoff, limit=limit)
     _reconcile_refunded(sessions, g2a, result, limit=limit)
     if result.resumed:
         with sessions() as session, session.begin():
@@ -146,15 +151,52 @@ def _check_g2a(
     return ""
 
 
+def _resume_paid_refunded(
+    sessions: sessionmaker[Session], g2a: G2AClient, result: PollResult, *, cutoff: object,
+    limit: int,
+) -> None:
+    """Resume refunded orders that still have PAID units: their keys are paid for.
+
+    Fulfilment fetches and keeps such keys itself when it sees the refund; this is the
+    backstop when that run ended PENDING (key not ready, G2A unavailable) and its delayed
+    retries ran out. Only units whose key G2A reports ready are resumed, so a slow key costs
+    one details call per poll, not a fulfilment run.
+    """
+    with sessions() as session, session.begin():
+        rows = session.execute(
+            select(OrderItem.order_id, G2APurchase.g2a_order_id)
+            .join(OrderItem, OrderItem.id == G2APurchase.order_item_id)
+            .join(Order, Order.id == OrderItem.order_id)
+            .where(
+                Order.status.in_(list(REFUNDING)),
+                Order.updated_at < cutoff,
+                G2APurchase.status == G2APurchaseStatus.PAID,
+                G2APurchase.g2a_order_id.is_not(None),
+            )
+            .order_by(OrderItem.order_id, G2APurchase.id)
+            .limit(limit)
+        ).all()
+    by_order: dict[uuid.UUID, list[tuple[str | None, G2APurchaseStatus]]] = {}
+    for order_id, g2a_order_id in rows:
+        by_order.setdefault(order_id, []).append((g2a_order_id, G2APurchaseStatus.PAID))
+    for order_id, paid in by_order.items():
+        result.checked_orders += 1
+        bound = log.bind(order_id=str(order_id))
+        if _check_g2a(g2a, paid, result, bound) and order_id not in result.resumed:
+            bound.info("poller resumes fulfilment", reason="paid key of a refunded order")
+            result.resumed.append(order_id)
+
+
 def _reconcile_refunded(
     sessions: sessionmaker[Session], g2a: G2AClient, result: PollResult, *, limit: int
 ) -> None:
     """Record G2A payments we could not confirm before the order was refunded.
 
     A pay call that timed out may still have charged us; if the order is then FAILED or
-    CANCELLED (a webhook, another unit out of stock), fulfilment stops and the unit stays
-    CREATED. The customer's money is already right (refunded once); this keeps our record
-    of what G2A charged true (PAID) and raises an alert so an operator can fetch the key.
+    CANCELLED (a webhook, another unit out of stock), fulfilment never pays again and the
+    unit stays CREATED. The customer's money is already right (refunded once); this keeps
+    our record of what G2A charged true (PAID) and resumes fulfilment, which fetches and
+    keeps the key (or raises `alert=g2a_paid_after_refund` when G2A will not hand it out).
     Only recent rows are looked at, so an unpaid leftover is not polled forever.
     """
     with sessions() as session, session.begin():
@@ -190,7 +232,9 @@ def _reconcile_refunded(
                         last_error="paid at G2A after the order was refunded")
             )
         result.paid_after_refund.append(str(g2a_order_id))
-        log.error(
-            "ALERT g2a order paid for a refunded order; key not fetched",
-            order_id=str(order_id), g2a_order_id=g2a_order_id, alert="g2a_paid_after_refund",
+        if order_id not in result.resumed:
+            result.resumed.append(order_id)
+        log.warning(
+            "g2a order paid for a refunded order; fetching its key",
+            order_id=str(order_id), g2a_order_id=g2a_order_id,
         )

@@ -20,7 +20,11 @@ from keysync.settings import get_settings
 @click.option("--no-cache", is_flag=True,
               help="skip comparing cached games, carts, wishlists and orders with Postgres")
 def check(as_json: bool, g2a_paid: int | None, no_cache: bool) -> None:
-    """Check the money, delivery and cache invariants; exit 1 when any is violated."""
+    """Check the money, delivery and cache invariants; exit 1 when any is violated.
+
+    Also lists the units paid at G2A whose key we do not hold although their order is
+    final (key lost at G2A, alerted; or still being fetched), which are not violations.
+    """
     from db.session import make_engine, make_session_factory
     from keysync.resources import make_redis
     from services.invariants import check as run_checks
@@ -47,5 +51,23 @@ def check(as_json: bool, g2a_paid: int | None, no_cache: bool) -> None:
             table.add_row(name, "[green]ok[/]" if not bad else f"[red]{len(bad)} violation(s)[/]")
         for name, reason in report.skipped.items():
             table.add_row(name, f"[yellow]skipped[/] ({reason})")
-        Console().print(table)
+        console = Console()
+        console.print(table)
+        paid = report.g2a_paid
+        console.print(
+            f"paid at G2A: {paid.get('total', 0)} = delivered {paid.get('delivered', 0)}"
+            f" + kept for support {paid.get('kept_for_support', 0)}"
+            f" + awaiting key {paid.get('awaiting_key', 0)} + key lost {paid.get('key_lost', 0)}"
+        )
+        if report.paid_keys_not_fetched:
+            # Paid at G2A, order final, key not held: key_lost units need G2A support
+            # (alert raised); awaiting_key ones are still being fetched (a violation once
+            # past the grace).
+            units = Table(title="paid at G2A, key not fetched")
+            for column in ("order", "status", "item", "unit", "g2a_order_id", "state"):
+                units.add_column(column)
+            for unit in report.paid_keys_not_fetched:
+                units.add_row(unit["order_id"], unit["order_status"], unit["order_item_id"],
+                              unit["unit_index"], unit["g2a_order_id"] or "-", unit["state"])
+            console.print(units)
     sys.exit(0 if report.ok else 1)

@@ -91,3 +91,57 @@ def test_unsettled_webhook_and_payment_mismatch_are_found(engine, session) -> No
     report = check(session, webhook_grace=False, paid_g2a_orders=1)
     assert report.violations["webhook_events_accounted_for"]
     assert report.violations["g2a_payments_match"] == [{"ours": "0", "g2a": "1"}]
+
+
+def _unit(engine, order_id: str, status: str, *, transaction_id: str | None) -> str:
+    with engine.begin() as conn:
+        game = conn.execute(text(
+            "INSERT INTO games (id, g2a_product_id, slug, name, price, g2a_price) VALUES "
+            "(gen_random_uuid(), gen_random_uuid()::text, gen_random_uuid()::text, 'G', 10, 10)"
+            " RETURNING id")).scalar()
+        item = conn.execute(text(
+            "INSERT INTO order_items (order_id, game_id, quantity, unit_price) "
+            "VALUES (:o, :g, 1, 10) RETURNING id"), {"o": order_id, "g": game}).scalar()
+        conn.execute(text(
+            "INSERT INTO g2a_purchases (order_item_id, unit_index, g2a_order_id, status, "
+            "transaction_id, key_encrypted) VALUES (:i, 0, gen_random_uuid()::text, :s, :t, "
+            "CAST(:k AS bytea))"),
+            {"i": item, "s": status, "t": transaction_id,
+             "k": b"k" if status == "DELIVERED" else None})
+    return str(item)
+
+
+def test_delivered_key_without_payment_is_found_unless_kept_for_a_refunded_order(
+    engine, session
+) -> None:
+    uid = _user(engine)
+    completed = _order(engine, uid, "COMPLETED")
+    unpaid = _unit(engine, completed, "DELIVERED", transaction_id=None)
+    refunded = _order(engine, uid, "CANCELLED")
+    # paid as the reconciler records it (G2A's order details carry no transaction id)
+    _unit(engine, refunded, "DELIVERED", transaction_id=None)
+    report = check(session)
+    assert [v["order_item_id"] for v in report.violations["delivered_keys_were_paid"]] == [
+        unpaid]
+    assert report.g2a_paid == {"delivered": 1, "kept_for_support": 1, "awaiting_key": 0,
+                               "key_lost": 0, "total": 2}
+
+
+def test_paid_unit_of_a_final_order_without_key_or_alert_is_found(engine, session) -> None:
+    uid = _user(engine)
+    waiting = _order(engine, uid, "FAILED")
+    _unit(engine, waiting, "PAID", transaction_id="tx-1")
+    alerted = _order(engine, uid, "CANCELLED")
+    _unit(engine, alerted, "KEY_LOST", transaction_id="tx-2")
+    live = _order(engine, uid, "PROCESSING")  # key not ready yet: normal, not listed
+    _unit(engine, live, "PAID", transaction_id="tx-3")
+    report = check(session)
+    assert report.violations["paid_keys_fetched_or_alerted"] == []  # within the grace
+    assert sorted((u["order_id"], u["state"]) for u in report.paid_keys_not_fetched) == sorted(
+        [(waiting, "awaiting_key"), (alerted, "key_lost")])
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE g2a_purchases SET updated_at = now() - interval '11 min'"))
+        conn.execute(text("UPDATE orders SET updated_at = now() - interval '11 min'"))
+    report = check(session)
+    assert [v["order_id"] for v in report.violations["paid_keys_fetched_or_alerted"]] == [waiting]
+    assert report.g2a_paid["awaiting_key"] == 2 and report.g2a_paid["key_lost"] == 1

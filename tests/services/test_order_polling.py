@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -16,7 +16,15 @@ from g2a_sim.server import SimServer
 from services import invariants, order_status, orders
 from services.fulfilment import Fulfiller, Outcome
 from services.order_polling import poll_order_status
-from tests.order_helpers import make_user, sim_client, sim_game, sim_server, sim_stats
+from tests.helpers import wait_until
+from tests.order_helpers import (
+    balance,
+    make_user,
+    sim_client,
+    sim_game,
+    sim_server,
+    sim_stats,
+)
 
 
 @pytest.fixture
@@ -31,6 +39,13 @@ def _order(resources: Any, sim: SimServer, qty: int = 1) -> uuid.UUID:
     view = orders.create_order(resources.sessions, resources.broker, resources.cache, user_id,
                                [orders.LineRequest(game, qty)])
     return uuid.UUID(view["id"])
+
+
+def _user_of(resources: Any, order_id: uuid.UUID) -> uuid.UUID:
+    with resources.sessions() as s:
+        order = s.get(Order, order_id)
+        assert order is not None
+        return order.user_id
 
 
 def _fulfiller(resources: Any, sim: SimServer) -> Fulfiller:
@@ -86,26 +101,39 @@ def test_recent_orders_are_left_alone(resources: Any, sim: SimServer) -> None:
 def test_payment_that_timed_out_before_a_refund_is_recorded(resources: Any, sim: SimServer
                                                             ) -> None:
     """pay times out on our side but G2A charged; then the order is failed and refunded.
-    The poller records the payment (PAID) and alerts, so our books match G2A's."""
+    The poller records the payment (PAID) and resumes fulfilment, which fetches the paid
+    key and keeps it for support: our books match G2A's and no paid key is abandoned."""
     order_id = _order(resources, sim)
+    user_id = _user_of(resources, order_id)
     impatient = sim_client(sim, timeout_s=0.3)
     httpx.post(sim.url + "/_sim/faults",
                json={"rate": 1.0, "latency_ms": 600, "paths": "/v1/order/pay", "count": 3})
     slow = Fulfiller(resources.sessions, impatient, resources.cache, resources.broker,
                      resources.settings.key_encryption_key.get_secret_value())
     assert slow.run(order_id).outcome is Outcome.PENDING
-    time.sleep(0.7)  # the simulator finishes the payments we stopped waiting for
+    # the simulator finishes the payments we stopped waiting for
+    wait_until(lambda: sim_stats(sim)["orders_paid"] == 1, what="G2A took the payment")
     with resources.sessions() as s, s.begin():
         order_status.apply(s, order_id, OrderStatus.FAILED, source="test")
-    assert sim_stats(sim)["orders_paid"] == 1
     result = poll_order_status(resources.sessions, sim_client(sim), resources.broker,
                                min_age_s=0)
-    assert len(result.paid_after_refund) == 1 and result.resumed == []
+    assert len(result.paid_after_refund) == 1 and result.resumed == [order_id]
     with resources.sessions() as s:
         assert s.scalars(select(G2APurchase.status)).one() is G2APurchaseStatus.PAID
+    # the queued fulfilment fetches the key and keeps it; the order stays refunded
+    assert _fulfiller(resources, sim).run(order_id).kept_keys == 1
     with resources.sessions() as s:
-        report = invariants.check(s, paid_g2a_orders=sim_stats(sim)["orders_paid"])
+        unit = s.scalars(select(G2APurchase)).one()
+        assert unit.status is G2APurchaseStatus.DELIVERED and unit.key_encrypted is not None
+        assert s.get(Order, order_id).status is OrderStatus.FAILED  # type: ignore[union-attr]
+    assert balance(resources.sessions, user_id) == Decimal("500.00")
+    assert sim_stats(sim)["keys_issued"] == 1
+    with resources.sessions() as s:
+        report = invariants.check(s, paid_g2a_orders=sim_stats(sim)["orders_paid"],
+                                  webhook_grace=False)
     assert report.ok, report.as_dict()
+    assert report.g2a_paid["kept_for_support"] == 1 and report.paid_keys_not_fetched == []
     # nothing further: the order stays refunded, and the row is not polled again
-    assert poll_order_status(resources.sessions, sim_client(sim), resources.broker,
-                             min_age_s=0).paid_after_refund == []
+    again = poll_order_status(resources.sessions, sim_client(sim), resources.broker,
+                              min_age_s=0)
+    assert again.paid_after_refund == [] and again.resumed == []
