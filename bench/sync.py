@@ -6,8 +6,13 @@ In one run, against a fresh database and the G2A simulator over HTTP:
    per-row ORM baseline (sequential pages, one SELECT then INSERT/UPDATE per product);
 2. the write path alone, 10,000 rows in batches of 1,000: our `unnest` upsert vs psycopg
    `executemany` of the same single-row upsert vs COPY into a temp table + one upsert;
-3. unless --quick: a full sync and a stock check of 10,000 products with the sim and our
-   limiter at 600 requests/min (500 pages: 50 s is the floor by construction).
+3. what confirming absent products costs (CONTRACT §6: every active game missing from a
+   full listing is looked up by id before it is deactivated), unthrottled, N products:
+   a full re-sync with nothing removed, with 1 % removed, and with a mid-listing drift,
+   against the same run's listing requests (the baseline: what a full sync cost before);
+4. unless --quick: with the sim and our limiter at 600 requests/min, 10,000 products: the
+   first full sync, a full re-sync with nothing removed (must stay within 1.1x of the
+   500-page floor of 50 s), one with 1 % removed, and a stock check.
 
 Postgres/Redis: DATABASE_URL/REDIS_URL when set, else throwaway embedded servers.
 Usage: python bench/sync.py [--products 10000] [--quick]
@@ -180,6 +185,41 @@ def write_path(sessions: sessionmaker[Session], redis_client: redis.Redis,
     return out
 
 
+def removal_scenarios(sim: SimServer, run: Callable[[], SyncResult],
+                      n: int) -> list[tuple[str, SyncResult, int]]:
+    """Full re-syncs of an already synced catalog: (label, result, look-ups the sim saw)."""
+
+    def lookups() -> int:
+        return int(httpx.get(sim.url + "/_sim/stats").json()["lookups"])
+
+    out: list[tuple[str, SyncResult, int]] = []
+    for label, prepare in (
+        ("nothing removed", lambda: None),
+        (f"1 % removed ({n // 100:,})",
+         lambda: httpx.post(sim.url + "/_sim/mutate", json={"removed": n // 100})),
+        ("drift after 50 listing requests",
+         lambda: httpx.post(sim.url + "/_sim/drift", json={"after": 50})),
+    ):
+        prepare()
+        before = lookups()
+        result = run()
+        out.append((label, result, lookups() - before))
+    return out
+
+
+def removal_rows(scenarios: list[tuple[str, SyncResult, int]]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for label, r, looked_up in scenarios:
+        listing = r.requests - looked_up
+        rows.append([label, r.status, listing, looked_up, r.requests,
+                     f"{r.requests / listing:.3f}x", r.removed, r.still_listed, r.duration_s])
+    return rows
+
+
+REMOVAL_COLUMNS = ["full re-sync", "status", "listing requests (baseline)", "look-ups",
+                   "total requests", "vs listing", "removed", "kept after look-up", "wall s"]
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     started = time.perf_counter()
     value = fn()
@@ -226,6 +266,10 @@ def main() -> None:
             base_rate = written / t1
             rows.append(["per-row ORM baseline", written, t1, base_rate, written / t2, "-"])
             write_rows = write_path(sessions, redis_client, fetch_rows(fast, n))
+            reset(sessions, redis_client)
+            run_catalog_sync(deps(fast), full=True)
+            removal = removal_rows(removal_scenarios(
+                sim, lambda: run_catalog_sync(deps(fast), full=True), n))
         table = [[*r[:5], f"{float(r[3]) / base_rate:.1f}x", r[5]] for r in rows]
         print_table(
             f"Full sync of {n:,} products, unthrottled simulator",
@@ -240,21 +284,34 @@ def main() -> None:
             write_rows,
         )
 
+        print_table(
+            f"Confirming absent products, {n:,} products already synced, unthrottled "
+            f"(8 fetch threads)",
+            REMOVAL_COLUMNS,
+            removal,
+        )
+
         if not args.quick:
             limited_rows: list[list[object]] = []
             with SimServer(products=10_000, seed=2, rate_limit_per_min=600) as sim:
                 slow = client_for(sim, redis_client, 600)
                 reset(sessions, redis_client)
                 full: SyncResult = run_catalog_sync(deps(slow), full=True)
+                resync: SyncResult = run_catalog_sync(deps(slow), full=True)
+                httpx.post(sim.url + "/_sim/mutate", json={"removed": 100})
+                removed: SyncResult = run_catalog_sync(deps(slow), full=True)
                 stock: SyncResult = run_stock_check(deps(slow))
                 stats = httpx.get(sim.url + "/_sim/stats").json()
-            for r in (full, stock):
-                limited_rows.append([f"{r.kind} ({r.status})", r.pages, r.requests,
-                                     r.duration_s, r.duration_s / 50.0])
+            for label, r in (("first full sync", full),
+                             ("full re-sync, nothing removed", resync),
+                             ("full re-sync, 1 % removed (100)", removed),
+                             ("stock check", stock)):
+                limited_rows.append([f"{label} ({r.status})", r.pages, r.requests,
+                                     r.removed, r.duration_s, f"{r.duration_s / 50.0:.3f}x"])
             print_table(
                 f"10,000 products at 600 req/min (floor 50 s); sim answered "
                 f"{stats['rate_limited']} requests with 429",
-                ["run", "pages", "requests", "wall s", "vs 50 s floor"],
+                ["run", "pages", "requests", "removed", "wall s", "vs 50 s floor"],
                 limited_rows,
             )
         engine.dispose()

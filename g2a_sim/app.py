@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from g2a_sim.catalog import (
+    FAULT_TARGETS,
     MAX_PAGE,
     Fault,
     ListingFilter,
@@ -200,6 +201,9 @@ def create_app(config: SimConfig | None = None) -> Starlette:
     async def guard(request: Request) -> Response | None:
         """Stats, rate limit, injected faults and auth, in the order a gateway applies them."""
         path = _template(request.url.path)
+        target = None
+        if request.url.path == "/v1/products":
+            target = "lookup" if request.query_params.get("id") else "listing"
         with state.lock:
             state.stats.requests += 1
             by_path = state.stats.requests_by_path
@@ -209,10 +213,11 @@ def create_app(config: SimConfig | None = None) -> Starlette:
                 state.stats.rate_limited += 1
             fault = state.fault
             fire = False
-            if wait <= 0 and fault is not None and (
-                fault.paths is None or request.url.path.startswith(fault.paths)
-            ):
-                fire = fault.rng.random() < fault.rate
+            if wait <= 0 and fault is not None and fault.applies_to(request.url.path, target):
+                if fault.skip > 0:
+                    fault.skip -= 1
+                else:
+                    fire = fault.rng.random() < fault.rate
                 if fire:
                     state.stats.faults_injected += 1
                     if fault.count is not None:
@@ -225,6 +230,11 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         if fire and fault is not None:
             if fault.latency_ms:
                 await asyncio.sleep(fault.latency_ms / 1000)
+            if fault.empty_listing:
+                page = request.query_params.get("page", "1")
+                return JSONResponse(
+                    {"total": 0, "page": int(page) if page.isdigit() else 1, "docs": []}
+                )
             if fault.status == 0:
                 return Response(MALFORMED_BODY, media_type="application/json")
             if fault.status == 429:
@@ -322,15 +332,31 @@ def create_app(config: SimConfig | None = None) -> Starlette:
             body = await _json(request)
             status = body.get("status")
             count = body.get("count")
+            empty_listing = body.get("empty_listing", False)
+            if not isinstance(empty_listing, bool):
+                raise ValueError("empty_listing must be true or false")
+            only = body.get("only") or ("listing" if empty_listing else None)
             fault = Fault(
                 rate=float(body.get("rate", 1.0)),
                 status=None if status is None else int(status),
                 latency_ms=int(body.get("latency_ms") or 0),
                 count=None if count is None else int(count),
+                skip=int(body.get("skip") or 0),
                 paths=body.get("paths") or None,
+                only=only,
+                empty_listing=empty_listing,
             )
             if not 0.0 <= fault.rate <= 1.0:
                 raise ValueError("rate must be within 0..1")
+            if fault.count is not None and fault.count < 1:
+                raise ValueError("count must be at least 1 (omit it for no limit)")
+            if fault.skip < 0:
+                raise ValueError("skip must be >= 0")
+            if fault.only is not None and fault.only not in FAULT_TARGETS:
+                raise ValueError(f"only must be one of {', '.join(FAULT_TARGETS)}")
+            if fault.empty_listing and (fault.status is not None or fault.only != "listing"):
+                raise ValueError("empty_listing answers listing requests with 200: "
+                                 "no status, and only 'listing'")
         except (ValueError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         with state.lock:
@@ -338,7 +364,8 @@ def create_app(config: SimConfig | None = None) -> Starlette:
             fault.rng = random.Random(f"{config.seed}:faults:{fault_seq}")
             state.fault = fault
         log.info("sim.faults_set", rate=fault.rate, status=fault.status,
-                 latency_ms=fault.latency_ms, count=fault.count, paths=fault.paths)
+                 latency_ms=fault.latency_ms, count=fault.count, skip=fault.skip,
+                 paths=fault.paths, only=fault.only, empty_listing=fault.empty_listing)
         return JSONResponse({"ok": True})
 
     async def clear_faults(request: Request) -> Response:
@@ -359,9 +386,33 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         log.info("sim.mutated", **counts)
         return JSONResponse(result)
 
+    async def set_drift(request: Request) -> Response:
+        try:
+            body = await _json(request)
+            after = int(body.get("after", 1))
+            if after < 1:
+                raise ValueError("after must be at least 1 (listing requests answered first)")
+            raw_id = body.get("remove_id")
+            remove_id = None if raw_id is None else int(str(raw_id))
+            state.set_drift(after, remove_id)
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        except SimError as exc:
+            return JSONResponse({"error": exc.message}, status_code=400)
+        log.info("sim.drift_armed", after=after, remove_id=remove_id)
+        return JSONResponse({"ok": True})
+
+    async def clear_drift(request: Request) -> Response:
+        with state.lock:
+            state.drift = None
+        return JSONResponse({"ok": True})
+
     async def stats(request: Request) -> Response:
         with state.lock:
             data = state.stats.as_dict()
+            drift = state.drift
+            data["drift"] = None if drift is None else {
+                "after": drift.after, "listed": drift.listed, "applied": drift.applied}
             data["products"] = len(state.products)
             data["funds"] = _money(state.funds)
             data["webhooks_delivered"] = sender.delivered if sender else 0
@@ -406,6 +457,8 @@ def create_app(config: SimConfig | None = None) -> Starlette:
             Route("/_sim/faults", set_faults, methods=["POST"]),
             Route("/_sim/faults", clear_faults, methods=["DELETE"]),
             Route("/_sim/mutate", mutate, methods=["POST"]),
+            Route("/_sim/drift", set_drift, methods=["POST"]),
+            Route("/_sim/drift", clear_drift, methods=["DELETE"]),
             Route("/_sim/stats", stats, methods=["GET"]),
             Route("/_sim/reset", reset, methods=["POST"]),
             Route("/_sim/config", set_config, methods=["POST"]),

@@ -177,14 +177,41 @@ class Order:
     webhook_sent: bool = False
 
 
+FAULT_TARGETS = ("listing", "lookup")
+
+
 @dataclass(slots=True)
 class Fault:
     rate: float = 1.0
     status: int | None = None  # None: latency only; 0: malformed JSON with 200
     latency_ms: int = 0
-    count: int | None = None
+    count: int | None = None  # fire this many times, then clear; None: until cleared
+    skip: int = 0  # let this many eligible requests through untouched first
     paths: str | None = None
+    # "listing": `/v1/products` without `id`; "lookup": `/v1/products?id=`; None: any.
+    only: str | None = None
+    # Answer listing requests `200 {total: 0, docs: []}` (a G2A index glitch), not an error.
+    empty_listing: bool = False
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def applies_to(self, path: str, target: str | None) -> bool:
+        if self.paths is not None and not path.startswith(self.paths):
+            return False
+        return self.only is None or self.only == target
+
+
+@dataclass(slots=True)
+class Drift:
+    """Catalog drift in the middle of a listing (CONTRACT §6's scenario): once `after`
+    listing requests have been answered, remove one product (by default the first in id
+    order, so it is on page 1 of every listing, a page already read) and add a new one at
+    the end. `total` stays the same, every page stays full, and the product at each
+    boundary between a read and an unread page slides onto the read page unseen."""
+
+    after: int
+    remove_id: int | None = None
+    listed: int = 0  # listing requests answered since it was armed
+    applied: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -193,6 +220,8 @@ class Stats:
     requests_by_path: dict[str, int] = field(default_factory=dict)
     rate_limited: int = 0
     faults_injected: int = 0
+    listing_requests: int = 0
+    lookups: int = 0
     orders_created: int = 0
     orders_paid: int = 0
     payments: int = 0
@@ -205,6 +234,8 @@ class Stats:
             "requests_by_path": dict(self.requests_by_path),
             "rate_limited": self.rate_limited,
             "faults_injected": self.faults_injected,
+            "listing_requests": self.listing_requests,
+            "lookups": self.lookups,
             "orders_created": self.orders_created,
             "orders_paid": self.orders_paid,
             "payments": self.payments,
@@ -275,21 +306,58 @@ class SimState:
         self.key_delay_s = key_delay_s
         self.funds = to_cents(funds)
         self.fault: Fault | None = None
+        self.drift: Drift | None = None
         self.stats = Stats()
         self.on_complete = on_complete
 
     # -- listing ----------------------------------------------------------------------
 
     def listing(self, page: int, flt: ListingFilter) -> tuple[int, list[dict[str, Any]]]:
+        """One page of a listing; with `product_id`, as G2A does, a normal listing page
+        filtered to that id (`total` 0 and no docs when it is not listed)."""
         with self.lock:
             if flt.product_id is not None:
+                self.stats.lookups += 1
                 p = self.products.get(int(flt.product_id)) if flt.product_id.isdigit() else None
                 matched = [p.id] if p is not None and flt.matches(p) else []
             else:
+                self.stats.listing_requests += 1
                 matched = self._matching(flt)
             start = (page - 1) * PAGE_SIZE
             docs = [self.products[pid].doc() for pid in matched[start : start + PAGE_SIZE]]
-            return len(matched), docs
+            total = len(matched)
+            drift = self.drift
+            if flt.product_id is None and drift is not None and drift.applied is None:
+                drift.listed += 1
+                if drift.listed >= drift.after:
+                    # After this answer was computed: the pages answered so far were read
+                    # before the catalog moved.
+                    self._apply_drift(drift)
+            return total, docs
+
+    def _apply_drift(self, drift: Drift) -> None:
+        if drift.remove_id is not None and drift.remove_id in self.products:
+            gone = drift.remove_id
+        else:
+            # In stock, so the product leaves every listing, with or without includeOutOfStock.
+            gone = next(pid for pid in self.ids if self.products[pid].qty > 0)
+        del self.products[gone]
+        self.ids.remove(gone)
+        rng = random.Random(f"{self.seed}:drift:{gone}")
+        pid = self._next_id
+        self._next_id += 7
+        product = _make_product(rng, pid, updated_at=int(time.time()))
+        product.qty = max(product.qty, 1)
+        self.products[pid] = product
+        self.ids.append(pid)
+        self.version += 1
+        drift.applied = {"after": drift.after, "removed": str(gone), "added": str(pid)}
+
+    def set_drift(self, after: int, remove_id: int | None) -> None:
+        with self.lock:
+            if remove_id is not None and remove_id not in self.products:
+                raise SimError(400, "BR01", f"product {remove_id} does not exist")
+            self.drift = Drift(after=after, remove_id=remove_id)
 
     def _matching(self, flt: ListingFilter) -> list[int]:
         # A sync walks up to 500 pages with one filter; caching the match list per catalog

@@ -34,6 +34,7 @@ def sync_deps(resources: Resources) -> SyncDeps:
         cache=resources.cache,
         client=resources.g2a_client(),
         markup_percent=resources.settings.price_markup_percent,
+        max_removal_percent=resources.settings.sync_max_removal_percent,
     )
 
 
@@ -43,10 +44,14 @@ def _log_outcome(result: SyncResult) -> None:
 
 
 @dramatiq.actor(max_retries=10, time_limit=_TIME_LIMIT_MS)
-def catalog_sync(full: bool = False) -> None:
+def catalog_sync(full: bool = False, allow_mass_removal: bool = False) -> None:
+    # `allow_mass_removal` (only from `keysync sync --full --allow-mass-removal`) travels
+    # in this one message, so it lifts the removal guard for this run alone, deferred
+    # retries included, and never for the scheduler's runs.
     job = current_job()
     try:
-        result = run_catalog_sync(sync_deps(job.resources), full=bool(full))
+        result = run_catalog_sync(sync_deps(job.resources), full=bool(full),
+                                  allow_mass_removal=bool(full) and bool(allow_mass_removal))
     except LockHeld as held:
         if full:
             # The default crons fire the full sync and the stock check at the same tick

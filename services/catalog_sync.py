@@ -11,9 +11,21 @@ Why it is built this way:
   on a thread pool that the shared Redis rate limiter paces.
 - **Out of stock is not removed.** Every listing sends `includeOutOfStock=true`; only a full
   listing that completed without a single failed page, with every leaf range consistent
-  (all its pages reported the same total and the docs add up to it), may deactivate the
-  products it did not see. A product that moved between price ranges while we listed is
-  caught by a final pass over everything updated since the run started.
+  (all its pages reported the same total and the docs add up to it), may even consider
+  removing the products it did not see. A product that moved between price ranges while we
+  listed is caught by a final pass over everything updated since the run started.
+- **Absence is only a candidate (CONTRACT §6).** A consistent listing can still miss a
+  product: G2A removes one from an already-read page and adds one elsewhere, `total` stays
+  the same, and the product at the next page boundary slides onto the page we already
+  read. So every active game the listing did not show is looked up by id
+  (`GET /v1/products?id=`, same limiter and retries as every request): one G2A still
+  returns is kept and written, one it does not is deactivated, one whose look-up fails is
+  kept and counted as an error (never deactivate on doubt). A nothing-removed run costs
+  no extra request.
+- **Removal guard.** When the candidates exceed `max_removal_percent` of the active games
+  (an empty `200 {total: 0}` answer is the canonical case), nothing is looked up and
+  nothing deactivated: the run ends partial with a `removal guard:` error detail and
+  `alert=sync_removal_guard`, until an operator passes `allow_mass_removal` for one run.
 - **Batch writes.** Each batch is one `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO
   UPDATE ... WHERE (cols) IS DISTINCT FROM (excluded cols) RETURNING id, (xmax = 0)`: one
   round trip per 1,000 products, and the RETURNING rows are exactly the games that changed,
@@ -29,7 +41,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -64,6 +76,9 @@ _OPEN_RANGE_STEP_CENTS = 1000
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _CENT = Decimal("0.01")
 _PROGRESS_TTL_S = 7 * 24 * 3600
+# `sync_runs.error_detail` of a run the removal guard stopped starts with this; `keysync
+# status` finds guarded runs by it (no extra column: the detail is the operator's message).
+REMOVAL_GUARD_DETAIL = "removal guard:"
 
 
 class LockHeld(Exception):
@@ -109,6 +124,9 @@ class SyncDeps:
     concurrency: int = 8
     lock_ttl_ms: int = 60_000
     batch_size: int = BATCH_SIZE
+    # SYNC_MAX_REMOVAL_PERCENT: a full listing missing more than this share of the active
+    # games removes nothing (CONTRACT §6).
+    max_removal_percent: Decimal = Decimal("10")
 
 
 @dataclass
@@ -128,6 +146,11 @@ class SyncResult:
     invalidated_keys: int = 0
     fence_token: int | None = None
     error_detail: str | None = None
+    # Full runs: active games absent from the listing, how many of those a direct look-up
+    # still found (kept), and whether the removal guard stopped the removal.
+    removal_candidates: int = 0
+    still_listed: int = 0
+    removal_guard: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -351,10 +374,20 @@ _STOCK_UPDATE = text(
     """
 )
 
+_CANDIDATES = text(
+    """
+    SELECT g2a_product_id FROM games
+    WHERE is_active AND NOT (g2a_product_id = ANY(CAST(:seen AS text[])))
+    ORDER BY g2a_product_id
+    """
+)
+
+_ACTIVE = text("SELECT count(*) FROM games WHERE is_active")
+
 _REMOVE = text(
     """
     UPDATE games SET is_active = false, in_stock = false, updated_at = now()
-    WHERE is_active AND NOT (g2a_product_id = ANY(CAST(:seen AS text[])))
+    WHERE is_active AND g2a_product_id = ANY(CAST(:gone AS text[]))
     RETURNING id
     """
 )
@@ -433,11 +466,22 @@ class _Writer:
         self._result.unchanged += len(batch) - len(changed_ids)
         self._invalidate_games(changed_ids)
 
-    def remove_absent(self) -> None:
+    def candidates(self) -> tuple[list[str], int]:
+        """Active games this run has not seen, and how many games are active."""
+        self.flush()
+        with self._deps.sessions() as session:
+            absent = session.execute(_CANDIDATES, {"seen": sorted(self.seen)}).scalars().all()
+            active = int(session.execute(_ACTIVE).scalar_one())
+        return list(absent), active
+
+    def remove(self, gone: list[str]) -> None:
+        """Deactivate games G2A confirmed absent, in one fenced transaction."""
+        if not gone:
+            return
         self._guard()
         with self._deps.sessions() as session, session.begin():
             check_fence(session, SYNC_FENCE, self._fence)
-            ids = session.execute(_REMOVE, {"seen": sorted(self.seen)}).scalars().all()
+            ids = session.execute(_REMOVE, {"gone": sorted(gone)}).scalars().all()
         self._result.removed += len(ids)
         self._invalidate_games(list(ids))
 
@@ -457,15 +501,108 @@ class _Writer:
             raise FencedOut(f"{SYNC_LOCK} was lost during the run")
 
 
+# -- removal ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Removal:
+    """What happened to the candidates of one complete full listing."""
+
+    errors: int = 0
+    error_detail: str | None = None
+    guarded: bool = False
+
+    def count_error(self, detail: str) -> None:
+        self.errors += 1
+        if self.error_detail is None:
+            self.error_detail = detail[:500]
+
+
+def _remove_absent(deps: SyncDeps, writer: _Writer, result: SyncResult, *,
+                   allow_mass_removal: bool,
+                   bound: structlog.stdlib.BoundLogger) -> _Removal:
+    """Deactivate exactly the active games G2A confirms it no longer lists (CONTRACT §6)."""
+    outcome = _Removal()
+    candidates, active = writer.candidates()
+    result.removal_candidates = len(candidates)
+    if not candidates:
+        return outcome
+    # Decided before any look-up: a listing that lost a large share of the catalog is far
+    # more likely a G2A fault (an empty answer, a truncated index) than real removals, and
+    # confirming them all would cost one request each.
+    share = Decimal(len(candidates) * 100) / Decimal(active)
+    if share > deps.max_removal_percent and not allow_mass_removal:
+        outcome.guarded = True
+        result.removal_guard = True
+        outcome.error_detail = (
+            f"{REMOVAL_GUARD_DETAIL} {len(candidates)} of {active} active games "
+            f"({share:.1f} %) were absent from the full listing, more than "
+            f"SYNC_MAX_REMOVAL_PERCENT={deps.max_removal_percent}; nothing was deactivated. "
+            "If G2A really removed them, run `keysync sync --full --allow-mass-removal`."
+        )
+        bound.error("sync.removal_guard", alert="sync_removal_guard",
+                    candidates=len(candidates), active=active,
+                    percent=float(round(share, 2)),
+                    max_percent=float(deps.max_removal_percent))
+        return outcome
+    if share > deps.max_removal_percent:
+        bound.warning("sync.removal_guard_lifted", candidates=len(candidates), active=active,
+                      percent=float(round(share, 2)))
+
+    gone: list[str] = []
+    pool = ThreadPoolExecutor(min(deps.concurrency, len(candidates)),
+                              thread_name_prefix="g2a-lookup")
+    try:
+        futures = {
+            # A context copy per task so the look-ups' log lines carry the run_id.
+            pool.submit(contextvars.copy_context().run, deps.client.get_product, pid): pid
+            for pid in candidates
+        }
+        for future in as_completed(futures):
+            pid = futures[future]
+            try:
+                product = future.result()
+            except G2AError as exc:
+                # In doubt, keep: a look-up G2A did not answer proves nothing.
+                bound.warning("sync.lookup_failed", g2a_product_id=pid, error=str(exc))
+                outcome.count_error(f"look-up of product {pid}: {exc}")
+                continue
+            if product is None:
+                gone.append(pid)
+                continue
+            # Still sold: the listing missed it (it slid across a page boundary). Write it
+            # like any listed product, which also keeps it seen.
+            result.still_listed += 1
+            writer.add([product])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    writer.flush()
+    if result.still_listed:
+        bound.info("sync.absent_but_listed", kept=result.still_listed,
+                   candidates=len(candidates))
+    writer.remove(gone)
+    return outcome
+
+
 # -- runs ------------------------------------------------------------------------------------
 
 
 def run_catalog_sync(
-    deps: SyncDeps, *, full: bool = False, on_progress: Callable[[Progress], None] | None = None
+    deps: SyncDeps,
+    *,
+    full: bool = False,
+    allow_mass_removal: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> SyncResult:
-    """A catalog sync (full or incremental). Raises `LockHeld` if another run is active."""
+    """A catalog sync (full or incremental). Raises `LockHeld` if another run is active.
+
+    `allow_mass_removal` lifts the removal guard for this run only (full runs; an
+    incremental run never removes, so asking for it there is a usage error).
+    """
+    if allow_mass_removal and not full:
+        raise ValueError("allow_mass_removal applies to full syncs only")
     kind = SyncKind.FULL if full else SyncKind.INCREMENTAL
-    return _run(deps, kind, on_progress)
+    return _run(deps, kind, on_progress, allow_mass_removal=allow_mass_removal)
 
 
 def run_stock_check(
@@ -476,9 +613,11 @@ def run_stock_check(
 
 
 def _run(
-    deps: SyncDeps, kind: SyncKind, on_progress: Callable[[Progress], None] | None
+    deps: SyncDeps, kind: SyncKind, on_progress: Callable[[Progress], None] | None,
+    *, allow_mass_removal: bool = False,
 ) -> SyncResult:
-    lock = RedisLock(deps.redis, SYNC_LOCK, deps.lock_ttl_ms, fence_key=SYNC_FENCE)
+    lock = RedisLock(deps.redis, SYNC_LOCK, deps.lock_ttl_ms, fence_key=SYNC_FENCE,
+                     sessions=deps.sessions)
     if not lock.acquire():
         holder = lock.holder()
         log.info("sync.lock_held", kind=kind.value)
@@ -486,7 +625,7 @@ def _run(
         # handing out a value that could release its lock.
         raise LockHeld(holder[:8] if holder else None)
     try:
-        return _run_locked(deps, kind, lock, on_progress)
+        return _run_locked(deps, kind, lock, on_progress, allow_mass_removal)
     finally:
         try:
             lock.release()
@@ -501,6 +640,7 @@ def _run_locked(
     kind: SyncKind,
     lock: RedisLock,
     on_progress: Callable[[Progress], None] | None,
+    allow_mass_removal: bool,
 ) -> SyncResult:
     assert lock.fence is not None
     fence = lock.fence
@@ -527,10 +667,12 @@ def _run_locked(
     structlog.contextvars.bind_contextvars(run_id=run_id)
     result = SyncResult(run_id=run_id, kind=kind.value, status=SyncStatus.RUNNING.value,
                         fence_token=fence)
-    bound.info("sync.started", updated_from=updated_from and updated_from.isoformat())
+    bound.info("sync.started", updated_from=updated_from and updated_from.isoformat(),
+               allow_mass_removal=allow_mass_removal)
     writer = _Writer(deps, fence, lock, result, stock_only=kind is SyncKind.STOCK)
     listing = _Listing(deps.client, deps.concurrency, started_at)
     status = SyncStatus.FAILED
+    removal = _Removal()
     crashed = False
     try:
 
@@ -552,10 +694,12 @@ def _run_locked(
         writer.flush()
         result.errors = listing.errors
         if kind is SyncKind.FULL and listing.errors == 0:
-            writer.remove_absent()
+            removal = _remove_absent(deps, writer, result,
+                                     allow_mass_removal=allow_mass_removal, bound=bound)
         elif kind is SyncKind.FULL:
             bound.warning("sync.removal_skipped", errors=listing.errors)
-        status = _status(listing)
+        result.errors = listing.errors + removal.errors
+        status = _status(listing, removal)
     except FencedOut as exc:
         result.error_detail = str(exc)
         bound.error("sync.fenced_out", error=str(exc))
@@ -567,8 +711,9 @@ def _run_locked(
     finally:
         result.status = status.value
         result.pages = listing.pages_ok
-        result.errors = max(result.errors, listing.errors)
-        result.error_detail = result.error_detail or listing.error_detail
+        result.errors = max(result.errors, listing.errors + removal.errors)
+        result.error_detail = (result.error_detail or listing.error_detail
+                               or removal.error_detail)
         result.products_seen = len(writer.seen)
         result.requests = deps.client.requests_made - requests_before
         result.duration_s = round(time.monotonic() - started, 3)
@@ -595,8 +740,8 @@ def _run_locked(
     return result
 
 
-def _status(listing: _Listing) -> SyncStatus:
-    if listing.errors == 0:
+def _status(listing: _Listing, removal: _Removal) -> SyncStatus:
+    if listing.errors == 0 and removal.errors == 0 and not removal.guarded:
         return SyncStatus.SUCCEEDED
     return SyncStatus.PARTIAL if listing.pages_ok > 0 else SyncStatus.FAILED
 
@@ -662,6 +807,7 @@ def _publish(client: redis.Redis, result: SyncResult, listing: _Listing, started
 
 __all__ = [
     "INCREMENTAL_OVERLAP",
+    "REMOVAL_GUARD_DETAIL",
     "SYNC_PROGRESS",
     "LockHeld",
     "Progress",

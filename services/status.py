@@ -20,8 +20,16 @@ import structlog
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import CacheInvalidation, JobOutbox, SyncKind, SyncRun, WebhookEvent
+from db.models import (
+    CacheInvalidation,
+    JobOutbox,
+    SyncKind,
+    SyncRun,
+    SyncStatus,
+    WebhookEvent,
+)
 from services import scheduling
+from services.catalog_sync import REMOVAL_GUARD_DETAIL
 from services.locks import SYNC_FENCE, SYNC_LOCK
 
 log = structlog.get_logger(__name__)
@@ -117,6 +125,7 @@ def collect(sources: StatusSources, *, now: datetime | None = None) -> dict[str,
         "dead_letters": None,
         "sync_lock": None,
         "last_runs": None,
+        "removal_guard": None,
         "webhook_events": None,
         "scheduler": None,
     }
@@ -132,6 +141,7 @@ def collect(sources: StatusSources, *, now: datetime | None = None) -> dict[str,
         )
     if db.ok:
         report["last_runs"] = _read(sources, "last_runs", in_db(lambda s: last_runs(s, now)))
+        report["removal_guard"] = _read(sources, "removal_guard", in_db(removal_guard))
         report["webhook_events"] = _read(sources, "webhook_events", in_db(webhook_counts))
     report["errors"] = sources.errors
     return report
@@ -241,6 +251,36 @@ def last_runs(session: Session, now: datetime) -> dict[str, dict[str, Any] | Non
             "requests": run.requests,
         }
     return result
+
+
+def removal_guard(session: Session) -> dict[str, Any]:
+    """Whether the catalog removal guard (CONTRACT §6) stopped a full sync that no full
+    sync has succeeded since: the catalog may be holding games G2A no longer sells, and
+    someone should look (then `keysync sync --full --allow-mass-removal` if real)."""
+    guarded = session.scalars(
+        select(SyncRun)
+        .where(SyncRun.kind == SyncKind.FULL,
+               SyncRun.error_detail.startswith(REMOVAL_GUARD_DETAIL, autoescape=True))
+        .order_by(SyncRun.started_at.desc())
+        .limit(1)
+    ).first()
+    if guarded is None:
+        return {"active": False, "run_id": None, "since": None, "detail": None}
+    cleared = session.scalar(
+        select(func.count()).select_from(SyncRun).where(
+            SyncRun.kind == SyncKind.FULL,
+            SyncRun.status == SyncStatus.SUCCEEDED,
+            SyncRun.started_at > guarded.started_at,
+        )
+    )
+    if cleared:
+        return {"active": False, "run_id": None, "since": None, "detail": None}
+    return {
+        "active": True,
+        "run_id": str(guarded.id),
+        "since": guarded.started_at.isoformat(),
+        "detail": guarded.error_detail,
+    }
 
 
 def webhook_counts(session: Session) -> dict[str, int]:

@@ -176,6 +176,29 @@ class G2AClient:
             products=[_product(doc) for doc in docs],
         )
 
+    def get_product(self, product_id: str) -> G2AProduct | None:
+        """One product by id (`GET /v1/products?id=`), out of stock included; None when
+        G2A no longer lists it.
+
+        G2A answers a normal listing page filtered to that id, so absence is exactly an
+        empty page with `total` 0. Anything else without the product (other docs, a
+        non-zero total) means the filter was not applied as we asked: that is an error,
+        never "absent", because callers deactivate products on absence.
+        """
+        if not product_id or not product_id.strip():
+            raise ValueError("product_id must be a non-empty G2A product id")
+        page = self.list_products(page=1, include_out_of_stock=True, product_id=product_id)
+        for product in page.products:
+            if product.id == product_id:
+                return product
+        if page.products or page.total != 0:
+            raise G2AProtocolError(
+                "SHAPE",
+                f"look-up of product {product_id} answered {len(page.products)} other "
+                f"products (total {page.total})",
+            )
+        return None
+
     def create_order(
         self, product_id: str, *, max_price: Decimal, currency: str = "EUR"
     ) -> CreatedOrder:

@@ -38,6 +38,7 @@ TOP_LEVEL = {
     "dead_letters",
     "sync_lock",
     "last_runs",
+    "removal_guard",
     "webhook_events",
     "scheduler",
     "errors",
@@ -164,6 +165,7 @@ def test_status_reports_everything_truthfully(session: Any, redis_client: Any, b
     assert report["last_runs"]["incremental"] is None
     assert report["last_runs"]["stock"]["status"] == "running"
     assert report["last_runs"]["stock"]["finished_at"] is None
+    assert report["removal_guard"]["active"] is False  # the last full run succeeded
     assert report["webhook_events"] == {"unprocessed": 1, "orphan": 1, "dead": 1}
 
     sched = report["scheduler"]

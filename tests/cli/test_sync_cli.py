@@ -124,3 +124,137 @@ def test_without_wait_enqueues(sim: SimServer, redis_client: redis_lib.Redis) ->
         [(data["message_id"], "catalog_sync", [True])]
     plain = keysync("stock-check", env=g2a_env(sim.url, sim))
     assert plain.returncode == 0 and "stock_check" in plain.stdout
+
+
+# -- catalog removal rules (CONTRACT §6) through the console script ------------------------
+
+
+def sim_post(sim: SimServer, path: str, body: dict[str, Any]) -> Any:
+    response = httpx.post(sim.url + path, json=body, timeout=5.0)
+    response.raise_for_status()
+    return response.json()
+
+
+def active_ids(session: Session) -> set[str]:
+    session.expire_all()
+    return set(session.scalars(select(Game.g2a_product_id).where(Game.is_active)))
+
+
+def sim_ids(sim: SimServer) -> set[str]:
+    with sim.state.lock:
+        return {str(pid) for pid in sim.state.ids}
+
+
+def full_sync(env: dict[str, str], *extra: str) -> tuple[int, dict[str, Any], str]:
+    result = keysync("sync", "--full", "--wait", "--json", *extra, env=env)
+    return result.returncode, one_json(result.stdout), result.stderr
+
+
+def status_guard(env: dict[str, str]) -> dict[str, Any]:
+    result = keysync("status", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    guard: dict[str, Any] = one_json(result.stdout)["removal_guard"]
+    return guard
+
+
+def test_listing_drift_never_deactivates_a_product_g2a_still_sells(
+    sim: SimServer, session: Session,
+) -> None:
+    env = g2a_env(sim.url, sim)
+    assert full_sync(env)[0] == 0
+    sim_post(sim, "/_sim/drift", {"after": 3})
+    code, drifted, err = full_sync(env)
+    applied = httpx.get(sim.url + "/_sim/stats").json()["drift"]["applied"]
+    assert applied is not None and code == 0, err
+    assert drifted["status"] == "succeeded" and drifted["removed"] == 0
+    # The listing missed at least one product that slid across a page boundary; its
+    # look-up found it, so it stays on sale.
+    assert drifted["still_listed"] >= 1
+    assert drifted["still_listed"] == drifted["removal_candidates"]
+    assert sim_ids(sim) <= active_ids(session)
+    # The product G2A really removed (on a page read before it went) goes by the end of
+    # the next full sync.
+    code, nxt, err = full_sync(env)
+    assert code == 0 and nxt["removed"] == 1, err
+    assert active_ids(session) == sim_ids(sim)
+    assert applied["removed"] not in active_ids(session)
+
+
+def test_empty_listing_trips_the_removal_guard_until_a_full_run_succeeds(
+    sim: SimServer, session: Session,
+) -> None:
+    env = {**g2a_env(sim.url, sim), "LOG_FORMAT": "json"}
+    assert full_sync(env)[0] == 0
+    assert status_guard(env)["active"] is False
+    sim_post(sim, "/_sim/faults", {"empty_listing": True})  # 200 {total: 0, docs: []}
+    lookups = httpx.get(sim.url + "/_sim/stats").json()["lookups"]
+
+    code, guarded, err = full_sync(env)
+    assert code == 4, err
+    assert (guarded["status"], guarded["removed"], guarded["removal_guard"]) == \
+        ("partial", 0, True)
+    assert guarded["removal_candidates"] == 200
+    assert guarded["error_detail"].startswith("removal guard: 200 of 200 active games")
+    assert httpx.get(sim.url + "/_sim/stats").json()["lookups"] == lookups  # none spent
+    assert len(active_ids(session)) == 200
+    alerts = [json.loads(line) for line in err.splitlines()
+              if line.startswith("{") and "sync_removal_guard" in line]
+    assert len(alerts) == 1, err
+    assert alerts[0]["level"] == "error" and alerts[0]["alert"] == "sync_removal_guard"
+    assert (alerts[0]["candidates"], alerts[0]["active"]) == (200, 200)
+    assert alerts[0]["run_id"] == guarded["run_id"]
+
+    guard = status_guard(env)
+    assert guard["active"] is True and guard["run_id"] == guarded["run_id"]
+    assert guard["detail"] == guarded["error_detail"]
+    text = keysync("status", env=env)
+    assert "removal guard active" in text.stdout, text.stdout
+    # An incremental run proves nothing about removals: the guard stays shown.
+    incremental = keysync("sync", "--wait", "--json", env=env)
+    assert one_json(incremental.stdout)["status"] == "succeeded"
+    assert status_guard(env)["active"] is True
+
+    httpx.delete(sim.url + "/_sim/faults").raise_for_status()  # G2A answers properly again
+    code, ok, err = full_sync(env)
+    assert code == 0 and ok["status"] == "succeeded" and ok["removed"] == 0, err
+    assert status_guard(env)["active"] is False
+    assert "removal guard active" not in keysync("status", env=env).stdout
+
+
+def test_allow_mass_removal_lifts_the_guard_for_one_run(
+    sim: SimServer, session: Session,
+) -> None:
+    env = g2a_env(sim.url, sim)
+    assert full_sync(env)[0] == 0
+    first = sim_post(sim, "/_sim/mutate", {"removed": 40})  # 20 % of 200, really gone
+    code, guarded, _ = full_sync(env)
+    assert code == 4 and guarded["removal_guard"] and guarded["removed"] == 0
+    assert len(active_ids(session)) == 200
+
+    code, lifted, err = full_sync(env, "--allow-mass-removal")
+    assert code == 0, err
+    assert (lifted["status"], lifted["removed"], lifted["removal_guard"]) == \
+        ("succeeded", 40, False)
+    assert active_ids(session) == sim_ids(sim) and not active_ids(session) & set(first["removed"])
+    assert status_guard(env)["active"] is False
+
+    # For that one run only: the next mass removal is guarded again.
+    sim_post(sim, "/_sim/mutate", {"removed": 40})
+    code, again, _ = full_sync(env)
+    assert code == 4 and again["removal_guard"] and again["removed"] == 0
+    assert status_guard(env)["active"] is True
+
+
+def test_allow_mass_removal_needs_full_and_is_enqueued_with_the_run(
+    sim: SimServer, redis_client: redis_lib.Redis,
+) -> None:
+    env = g2a_env(sim.url, sim)
+    wrong = keysync("sync", "--allow-mass-removal", "--wait", env=env)
+    assert wrong.returncode == 2 and "--full" in wrong.stderr
+    queued = keysync("sync", "--full", "--allow-mass-removal", "--json", env=env)
+    assert queued.returncode == 0, queued.stderr
+    data = one_json(queued.stdout)
+    assert data["allow_mass_removal"] is True
+    messages = [json.loads(raw) for raw in redis_client.hvals("dramatiq:default.msgs")]
+    assert [(m["message_id"], m["args"], m["kwargs"]) for m in messages] == \
+        [(data["message_id"], [True], {"allow_mass_removal": True})]

@@ -267,3 +267,61 @@ def test_requests_and_429s_are_counted_in_metrics(
     assert ok._value.get() == ok_before + 1
     assert limited._value.get() == limited_before + 1
     assert client.requests_made == 2
+
+
+@pytest.mark.usefixtures("sim_http")
+def test_get_product_finds_or_confirms_absence_paced_and_retried(
+    sim: SimServer, make_g2a: MakeClient, redis_client: redis.Redis,
+) -> None:
+    limiter = RateLimiter(redis_client, 600_000)
+    client = make_g2a(sim, rate_limiter=limiter)
+    everything = [p for n in range(1, 16) for p in client.list_products(page=n).products]
+    out_of_stock = next(p for p in everything if p.qty == 0)
+    assert client.get_product(out_of_stock.id) == out_of_stock  # out of stock is not absent
+    assert client.get_product("1") is None
+    before = client.requests_made
+    _fault(sim, status=503, count=2, only="lookup")
+    assert client.get_product(everything[7].id) == everything[7]
+    assert client.requests_made - before == 3  # the same retry policy as every call
+    _fault(sim, status=503, rate=1.0, only="lookup")
+    with pytest.raises(G2AUnavailable):
+        make_g2a(sim, max_attempts=2).get_product(everything[7].id)
+    with pytest.raises(ValueError, match="product_id"):
+        client.get_product(" ")
+
+
+def test_get_product_refuses_an_answer_that_ignored_the_id_filter() -> None:
+    """A G2A (or proxy) that drops `id=` answers page 1 of everything: that must be an error,
+    not "absent", since the catalog sync deactivates games on absence."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tests.helpers import LiveServer
+
+    with SimServer(products=40, seed=9, rate_limit_per_min=0) as real:
+        listed = httpx.get(real.url + "/v1/products", params={"includeOutOfStock": "true"},
+                           headers={"Authorization": auth_header(
+                               DEFAULT_API_HASH, DEFAULT_EMAIL, DEFAULT_API_SECRET)}).json()
+
+    async def ignores_id(request: Request) -> JSONResponse:
+        return JSONResponse(listed)
+
+    async def empty_but_total(request: Request) -> JSONResponse:
+        return JSONResponse({"total": 5, "page": 1, "docs": []})
+
+    app = Starlette(routes=[Route("/v1/products", ignores_id),
+                            Route("/odd/v1/products", empty_but_total)])
+    with LiveServer(app) as server:
+        clients = [G2AClient(httpx.Client(base_url=base, timeout=5.0), email=DEFAULT_EMAIL,
+                             api_hash=DEFAULT_API_HASH, api_secret=DEFAULT_API_SECRET,
+                             max_attempts=1)
+                   for base in (server.url, server.url + "/odd")]
+        for client in clients:
+            with pytest.raises(G2AProtocolError, match="look-up of product 1 "):
+                client.get_product("1")
+        # A product that happens to be in the unfiltered answer does exist: found.
+        on_page = listed["docs"][2]["id"]
+        found = clients[0].get_product(on_page)
+        assert found is not None and found.id == on_page
