@@ -24,6 +24,27 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str 
         time.sleep(interval_s)
 
 
+def lock_waiters(engine: Any, wait_event: str) -> int:
+    """How many backends of this database are blocked on a heavyweight lock of the given kind
+    (`transactionid`, `advisory`, `relation`, ...): proof that a thread is waiting on a lock,
+    not merely slow."""
+    with engine.connect() as conn:
+        return int(conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND wait_event = %(event)s",
+            {"event": wait_event}).scalar_one())
+
+
+def stop_worker(broker: Any, worker: Any) -> None:
+    """Stop an in-process dramatiq Worker and detach it from the broker. dramatiq 2.2's
+    `Worker.stop` leaves the worker's own middleware on the broker, where it starts a consumer
+    for every queue declared later (importing `jobs` declares `default`); that consumer of a
+    stopped worker prefetches messages no thread will ever process."""
+    worker.stop()
+    broker.middleware[:] = [
+        m for m in broker.middleware if getattr(m, "worker", None) is not worker]
+
+
 class LiveServer:
     """The app on a real port (uvicorn in a thread), so concurrent requests really are."""
 

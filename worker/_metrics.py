@@ -21,20 +21,26 @@ JOB_SECONDS = Histogram(
 class MetricsMiddleware(Middleware):
     """Counts processed / failed / retried / skipped jobs and observes their duration."""
 
+    def __init__(self) -> None:
+        # Keyed by message id on the middleware, as dramatiq's Prometheus middleware does:
+        # `message.options` is copied into the message Retries re-enqueues (see
+        # LoggingContextMiddleware for why the id is a sufficient key).
+        self._started: dict[str, float] = {}
+
     def before_process_message(
-        self, broker: dramatiq.Broker, message: dramatiq.Message[Any]
+        self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
     ) -> None:
-        message.options["_metrics_started"] = time.perf_counter()
+        self._started[message.message_id] = time.perf_counter()
 
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message[Any],
+        message: dramatiq.MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        started = message.options.pop("_metrics_started", None)
+        started = self._started.pop(message.message_id, None)
         if started is not None:
             JOB_SECONDS.labels(message.actor_name).observe(time.perf_counter() - started)
         if exception is None:
@@ -44,5 +50,6 @@ class MetricsMiddleware(Middleware):
             outcome = "failed" if message.failed else "retried"
             JOBS.labels(message.actor_name, outcome).inc()
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self._started.pop(message.message_id, None)
         JOBS.labels(message.actor_name, "skipped").inc()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session
 from db.models import SyncRun
 from g2a_sim import SimServer
 from services.locks import SYNC_LOCK
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -65,9 +65,8 @@ def test_full_sync_waits_for_the_lock_instead_of_being_dropped(
     redis_client.set(SYNC_LOCK, "stock-check-holder", px=30_000)
     catalog_sync.send(True)
     # Deferred: it lands in the delay queue for its next attempt instead of being acked.
-    deadline = time.monotonic() + 20
-    while not redis_client.hlen("dramatiq:default.DQ.msgs") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert redis_client.hlen("dramatiq:default.DQ.msgs") == 1
-    assert not redis_client.hlen("dramatiq:default.msgs")
+    # (Retries enqueues the retry just before the attempt is acked, so wait for both.)
+    wait_until(lambda: (redis_client.hlen("dramatiq:default.DQ.msgs"),
+                        redis_client.hlen("dramatiq:default.msgs")) == (1, 0), 20,
+               "full sync deferred to the delay queue and its attempt acked")
     assert _runs(session) == []

@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from db.models import CartItem, Game, JobOutbox, Transaction, TransactionType, User
 from services import auth, email, tokens
 from services.cart import Owner
+from tests.helpers import lock_waiters, wait_until
 from worker._broker import create_broker
 
 # Cheap parameters where the hash cost is not what a test is about.
@@ -94,7 +95,9 @@ def test_concurrent_duplicates_one_wins(sessions: Any, session: Any, engine: Any
                    for a in ("race@example.com", "RACE@example.com")]
         for t in threads:
             t.start()
-        time.sleep(0.3)
+        # Both inserts wait on the blocker's transaction (the unique index), in Postgres.
+        wait_until(lambda: lock_waiters(engine, "transactionid") == 2, 10,
+                   "both registrations waiting on the uncommitted address")
         assert all(t.is_alive() for t in threads)
         blocker.rollback()
     for t in threads:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
@@ -16,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from db.models import CartItem, Game, User, WishlistItem
 from services import cart, migration, wishlist
 from services.cart import Owner
+from tests.helpers import lock_waiters, wait_until
 
 SID = "guest-session-1"
 
@@ -167,8 +167,9 @@ def test_two_concurrent_runs_equal_one(sessions: Any, session: Any, cache: Any, 
         threads = [threading.Thread(target=run) for _ in range(2)]
         for t in threads:
             t.start()
-        time.sleep(0.3)
-        assert all(t.is_alive() for t in threads), "both runs should be waiting on the lock"
+        wait_until(lambda: lock_waiters(engine, "advisory") == 2, 10,
+                   "both runs waiting on the user's migration lock")
+        assert all(t.is_alive() for t in threads)
         blocker.execute(text("SELECT pg_advisory_unlock(hashtextextended(:n, 0))"),
                         {"n": f"keysync:migrate:user:{user_id}"})
         blocker.commit()

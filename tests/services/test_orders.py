@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -25,6 +24,7 @@ from db.models import (
 )
 from services import invariants, orders
 from services.cache import keys
+from tests.helpers import wait_until
 from tests.order_helpers import balance, make_game, make_user
 
 
@@ -174,15 +174,15 @@ def test_connection_killed_between_statements_leaves_nothing(
 
     thread = threading.Thread(target=run)
     thread.start()
-    deadline = time.monotonic() + 10
-    pid = None
-    while pid is None and time.monotonic() < deadline:
+
+    def purchase_insert_pid() -> int | None:
         with engine.connect() as conn:
-            pid = conn.execute(text(
+            pid: int | None = conn.execute(text(
                 "SELECT pid FROM pg_stat_activity WHERE query LIKE 'INSERT INTO transactions%'"
                 " AND state = 'active'")).scalar()
-        time.sleep(0.05)
-    assert pid is not None, "the purchase insert never started"
+            return pid
+
+    pid = wait_until(purchase_insert_pid, 10, "the purchase insert started")
     with engine.connect() as conn:
         conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     thread.join(10)

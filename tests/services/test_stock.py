@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (imported fixtures are redefined as test parameters, as pytest intends)
 """Stock check against real Postgres, Redis and the G2A simulator over HTTP."""
 
 from __future__ import annotations
@@ -17,14 +16,7 @@ from services.cache import Cache
 from services.cache import keys as cache_keys
 from services.catalog_sync import LockHeld, run_catalog_sync, run_stock_check, shop_price
 from services.locks import SYNC_LOCK
-from tests.services.test_catalog_sync import (  # noqa: F401  (fixtures)
-    MARKUP,
-    game_ids,
-    make_deps,
-    row_versions,
-    sim,
-    sim_post,
-)
+from tests.services.catalog_support import MARKUP, game_ids, row_versions, sim_post
 
 
 def test_t018_stock_check_invalidates_only_games_whose_stock_or_price_changed(

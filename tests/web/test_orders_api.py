@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -14,6 +15,7 @@ from sqlalchemy import select
 
 from db.models import CartItem, G2APurchase, G2APurchaseStatus, OrderItem, OrderStatus
 from services import order_status, tokens
+from services.cache import keys as cache_keys
 from tests.order_helpers import balance, make_game, make_user
 from web.app import create_app
 
@@ -103,15 +105,22 @@ def test_keys_are_shown_decrypted_only_when_completed(resources: Any, client: Te
             s.add(G2APurchase(order_item_id=item_id, unit_index=unit, g2a_order_id=f"x{unit}",
                               transaction_id=f"tx{unit}", status=G2APurchaseStatus.DELIVERED,
                               key_encrypted=fernet.encrypt(key.encode())))
-    assert "keys" not in client.get(f"/orders/{order_id}", headers=auth).json()
+    processing = client.get(f"/orders/{order_id}", headers=auth)
+    assert processing.status_code == 200 and processing.json()["status"] == "PROCESSING"
+    assert "keys" not in processing.json()
     with resources.sessions() as s, s.begin():
         transition = order_status.apply(s, order_id, OrderStatus.COMPLETED, source="test")
     assert transition is not None and transition.changed
     resources.cache.invalidate(transition.cache_keys)
     body = client.get(f"/orders/{order_id}", headers=auth).json()
     assert body["status"] == "COMPLETED" and body["keys"] == ["AAAAA-11111", "BBBBB-22222"]
-    # the cached copy holds ciphertext only
-    cached = resources.cache.get(f"order:{order_id}")
-    assert "AAAAA-11111" not in str(cached)
+    # the cached copy holds ciphertext only (and there is one: the read above filled it)
+    cached = resources.cache.get(cache_keys.order(order_id))
+    assert cached is not None, "the completed order's view was not cached"
+    assert [fernet.decrypt(token.encode()).decode() for token in cached["keys_encrypted"]] == [
+        "AAAAA-11111", "BBBBB-22222"]
+    assert "keys" not in cached
+    serialized = json.dumps(cached)
+    assert "AAAAA-11111" not in serialized and "BBBBB-22222" not in serialized
     assert client.get("/orders", headers=auth).json()["items"][0]["keys"] == [
         "AAAAA-11111", "BBBBB-22222"]

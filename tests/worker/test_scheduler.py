@@ -31,6 +31,7 @@ from services.scheduling import (
     latest_due_tick,
     read_state,
 )
+from tests.helpers import wait_until
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 EVERY_10S = CronTrigger(second="*/10", timezone=UTC)
@@ -232,16 +233,19 @@ def test_three_processes_fire_each_tick_once_across_a_leader_kill(redis_client: 
         for _ in range(3)
     ]
     by_pid = {p.pid: p for p in procs}
+
+    def leader() -> int | None:
+        raw = redis_client.get(STATE_KEY)
+        return int(json.loads(raw)["leader"].rsplit(":", 1)[1]) if raw else None
+
+    def ticks_after(actor: str, tick: str) -> int:
+        return sum(t > tick for t in ticks_of(queued(redis_client), actor))
+
     try:
-        deadline = time.monotonic() + 20
-        leader_pid = None
-        while leader_pid is None:
-            assert time.monotonic() < deadline, "no scheduler became leader"
-            raw = redis_client.get(STATE_KEY)
-            if raw:
-                leader_pid = int(json.loads(raw)["leader"].rsplit(":", 1)[1])
-            time.sleep(0.05)
-        time.sleep(3)  # a few ticks under the first leader
+        leader_pid = wait_until(leader, 20, "a scheduler became leader")
+        wait_until(lambda: ticks_after("probe_every2", "") >= 2
+                   and ticks_after("probe_every3", "") >= 1, 10,
+                   "a few ticks under the first leader")
 
         # Kill the leader 0.25 s before an even second: its lock outlives that tick, so the
         # tick can only be fired by the new leader's takeover sweep.
@@ -254,14 +258,13 @@ def test_three_processes_fire_each_tick_once_across_a_leader_kill(redis_client: 
         by_pid[leader_pid].send_signal(signal.SIGKILL)
         by_pid[leader_pid].wait()
 
-        new_leader = None
-        while new_leader is None or new_leader == leader_pid:
-            assert time.time() - killed_at < 15, "no takeover within 15 s"
-            raw = redis_client.get(STATE_KEY)
-            new_leader = int(json.loads(raw)["leader"].rsplit(":", 1)[1]) if raw else None
-            time.sleep(0.05)
+        new_leader = wait_until(lambda: (pid := leader()) != leader_pid and pid, 15,
+                                "takeover by another scheduler")
         takeover_s = time.time() - killed_at
-        time.sleep(4.5)  # more ticks under the new leader
+        missed = datetime.fromtimestamp(next_even, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        wait_until(lambda: ticks_after("probe_every2", missed) >= 2
+                   and ticks_after("probe_every3", missed) >= 1, 10,
+                   "more ticks under the new leader")
     finally:
         for p in procs:
             if p.poll() is None:
@@ -283,7 +286,6 @@ def test_three_processes_fire_each_tick_once_across_a_leader_kill(redis_client: 
     _assert_each_tick_once(ticks_of(messages, "probe_every3"), 3)
 
     # The tick due 0.25 s after the kill was fired exactly once, late, by the new leader.
-    missed = datetime.fromtimestamp(next_even, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     fired = [
         m
         for m in messages
