@@ -14,9 +14,16 @@ from rich.table import Table
 
 from keysync.embedded import EmbeddedPostgres, EmbeddedRedis
 from keysync.logging import configure_logging
+from keysync.settings import SECRET_HINTS, generate_secret
 
 # Benchmarks print tables; per-operation info logs would drown them (and cost time).
 configure_logging("console", os.environ.get("LOG_LEVEL", "WARNING"))
+
+# There are no public default secrets (CONTRACT §3): like the test suite, a benchmark run
+# makes its own, inherited by the `keysync serve` it spawns.
+for _name in SECRET_HINTS:
+    if not os.environ.get(_name.upper(), "").strip():
+        os.environ[_name.upper()] = generate_secret(_name)
 
 
 @contextmanager

@@ -2,18 +2,24 @@
 
 Used by `keysync up` (data kept under KEYSYNC_DATA_DIR between runs) and by the test suite
 (a temporary directory, removed afterwards) when no URL is given. PostgreSQL refuses to run
-as root, so when we are root the cluster is owned by and run as the `postgres` user.
+as root, so when we are root the cluster is owned by and run as the `postgres` user, and
+its directory must be one that user can enter: not under a private home such as /root
+(`blocked_for_postgres`, `cluster_dir_outside`, `scratch_dir`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,13 +51,103 @@ def _pg_bin(name: str) -> str:
     )
 
 
-def _run_as() -> tuple[Callable[[], None] | None, int | None, int | None]:
+def _postgres_user() -> pwd.struct_passwd | None:
+    """The account PostgreSQL runs as when we are root; None when we are not root."""
     if os.geteuid() != 0:
-        return None, None, None
+        return None
     try:
-        user = pwd.getpwnam("postgres")
+        return pwd.getpwnam("postgres")
     except KeyError as exc:
         raise EmbeddedError("running as root needs a 'postgres' system user") from exc
+
+
+def blocked_for_postgres(path: Path) -> Path | None:
+    """As root: the first existing directory on the way to `path` (itself included) that the
+    `postgres` user may not enter. None when we are not root or nothing is in the way.
+
+    Judged from owner, group and mode bits (ACLs are not consulted)."""
+    user = _postgres_user()
+    if user is None:
+        return None
+    groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
+    path = Path(os.path.abspath(path))
+    for directory in [*reversed(path.parents), path]:
+        try:
+            st = directory.stat()
+        except FileNotFoundError:
+            break  # not there yet; EmbeddedPostgres.start checks again once created
+        if st.st_uid == user.pw_uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid in groups:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return directory
+    return None
+
+
+# Where a cluster goes when its data dir is out of the postgres user's reach (as root), in
+# order of preference: /var/lib is where services keep state; /var/tmp survives reboots.
+CLUSTER_BASES = (Path("/var/lib/keysync"), Path("/var/tmp/keysync"))
+
+
+def _usable_base(base: Path) -> bool:
+    """A root-owned directory nobody else may write to (a pre-planted /var/tmp/keysync
+    from another user must not receive our data), enterable by the postgres user."""
+    try:
+        base.mkdir(mode=0o755, parents=True, exist_ok=True)
+        st = base.lstat()
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        return False
+    if not os.access(base, os.W_OK):  # e.g. a read-only /var
+        return False
+    return blocked_for_postgres(base) is None
+
+
+def cluster_dir_outside(data_dir: Path, bases: tuple[Path, ...] = CLUSTER_BASES) -> Path | None:
+    """A PostgreSQL directory for `data_dir` that the postgres user can own: one per data
+    dir (so per checkout for the default ./.keysync), the same on every start so the data
+    stays. None when no base directory is usable."""
+    data_dir = Path(os.path.abspath(data_dir))
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    label = re.sub(r"[^A-Za-z0-9._-]", "_", data_dir.parent.name)[:40] or "root"
+    for base in bases:
+        if not _usable_base(base):
+            continue
+        home = base / f"{label}-{digest}"
+        try:
+            home.mkdir(mode=0o755, exist_ok=True)
+            home.chmod(0o755)
+            # Says which data dir this belongs to, for whoever lists the base directory.
+            (home / "data_dir").write_text(f"{data_dir}\n")
+        except OSError:
+            continue
+        return home / "postgres"
+    return None
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh temporary directory (mode 0755) an embedded PostgreSQL can live under, even
+    as root with TMPDIR inside a private home; the caller removes it."""
+    for base in (tempfile.gettempdir(), "/tmp", "/var/tmp"):
+        if blocked_for_postgres(Path(base)) is not None:
+            continue
+        with contextlib.suppress(OSError):
+            path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+            path.chmod(0o755)
+            return path
+    raise EmbeddedError(
+        "no temporary directory the 'postgres' user can enter (tried TMPDIR, /tmp, /var/tmp)"
+    )
+
+
+def _run_as() -> tuple[Callable[[], None] | None, int | None, int | None]:
+    user = _postgres_user()
+    if user is None:
+        return None, None, None
 
     def demote() -> None:
         os.setgid(user.pw_gid)
@@ -87,6 +183,13 @@ class EmbeddedPostgres:
         demote, uid, gid = _run_as()
         pgdata = self.data_dir / "pgdata"
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Checked once every parent exists: one made under a strict umask blocks too.
+        blocked = blocked_for_postgres(self.data_dir.parent)
+        if blocked is not None:
+            raise EmbeddedError(
+                f"PostgreSQL cannot run as root, and the 'postgres' user it runs as cannot "
+                f"enter {blocked}: put its data dir ({self.data_dir}) somewhere it can reach"
+            )
         if uid is not None and gid is not None:
             os.chown(self.data_dir, uid, gid)
         if not (pgdata / "PG_VERSION").exists():
@@ -104,6 +207,8 @@ class EmbeddedPostgres:
                 check=True,
                 capture_output=True,
                 preexec_fn=demote,
+                # Not our cwd: it may be a checkout under /root, which `postgres` cannot enter.
+                cwd=self.data_dir,
             )
         self._recover_stale(pgdata)
         self.port = self.port or free_port()
@@ -131,6 +236,7 @@ class EmbeddedPostgres:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             preexec_fn=demote,
+            cwd=self.data_dir,
             start_new_session=True,
         )
         _wait_for_port(self.port, 30, self.process)

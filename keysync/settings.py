@@ -8,19 +8,91 @@ message naming the variable (see `keysync.cli`).
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
+import secrets
 from decimal import Decimal
 from pathlib import Path
 
 from apscheduler.triggers.cron import CronTrigger
 from cryptography.fernet import Fernet
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789"
-DEV_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"keysync-dev-webhook-secret-32by").decode()
-# A fixed, valid Fernet key so `make run` works out of the box; production must set its own.
-DEV_KEY_ENCRYPTION_KEY = base64.urlsafe_b64encode(b"keysync-dev-key-encryption-32b!!").decode()
+# HS256 signs with HMAC-SHA256: RFC 7518 §3.2 (and PyJWT's InsecureKeyLengthWarning) asks
+# for a key at least as long as the hash output.
+JWT_SECRET_MIN_BYTES = 32
+
+# No public defaults (CONTRACT §3): a secret in the repository lets anyone forge tokens or
+# webhooks. Only `keysync up` generates them, kept in its data dir; how to make one yourself:
+SECRET_HINTS = {
+    "jwt_secret": "python -c 'import secrets; print(secrets.token_urlsafe(48))'",
+    "key_encryption_key": "python -c 'from cryptography.fernet import Fernet; "
+    "print(Fernet.generate_key().decode())'",
+    "webhook_secrets": "python -c 'import base64, secrets; "
+    "print(\"whsec_\" + base64.b64encode(secrets.token_bytes(32)).decode())'",
+}
+
+
+def _webhook_secrets(value: str) -> str:
+    parts = value.split()
+    for secret in parts:
+        if not secret.startswith("whsec_"):
+            raise ValueError("each secret must look like whsec_<base64>")
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            raise ValueError("each secret must look like whsec_<base64>") from None
+        if not key:
+            raise ValueError("each secret must carry a non-empty base64 key")
+    return " ".join(parts)
+
+
+def _jwt_secret(value: str) -> str:
+    if len(value.encode()) < JWT_SECRET_MIN_BYTES:
+        raise ValueError(
+            f"must be at least {JWT_SECRET_MIN_BYTES} bytes (HS256); generate one with: "
+            + SECRET_HINTS["jwt_secret"]
+        )
+    return value
+
+
+def _fernet_key(value: str) -> str:
+    value = value.strip()
+    try:
+        Fernet(value.encode())
+    except (ValueError, binascii.Error):
+        raise ValueError(
+            "must be a Fernet key (32 url-safe base64-encoded bytes); generate one with: "
+            + SECRET_HINTS["key_encryption_key"]
+        ) from None
+    return value
+
+
+_SECRET_CHECKS = {
+    "jwt_secret": _jwt_secret,
+    "key_encryption_key": _fernet_key,
+    "webhook_secrets": _webhook_secrets,
+}
+
+
+def validate_secret(name: str, value: str) -> str:
+    """The normalised value of secret `name` (a key of SECRET_HINTS); ValueError when
+    malformed. Empty or whitespace-only means unset and gives ""."""
+    if not value.strip():
+        return ""
+    return _SECRET_CHECKS[name](value)
+
+
+def generate_secret(name: str) -> str:
+    """A fresh random value for one of SECRET_HINTS (what `keysync up` keeps in its data dir)."""
+    if name == "jwt_secret":
+        return secrets.token_urlsafe(48)
+    if name == "key_encryption_key":
+        return Fernet.generate_key().decode()
+    if name == "webhook_secrets":
+        return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    raise KeyError(name)
 
 
 class Settings(BaseSettings):
@@ -37,13 +109,17 @@ class Settings(BaseSettings):
     g2a_rate_limit_per_min: int = Field(default=600, gt=0)
     price_markup_percent: Decimal = Field(default=Decimal("2"), ge=0, le=1000)
 
+    # Empty means "not configured": `serve`, `worker` and `scheduler` refuse to start.
     webhook_secrets: SecretStr = SecretStr("")
-    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwt_secret: SecretStr = SecretStr("")
     jwt_ttl_s: int = Field(default=3600, gt=0)
-    key_encryption_key: SecretStr = SecretStr(DEV_KEY_ENCRYPTION_KEY)
+    key_encryption_key: SecretStr = SecretStr("")
 
     # How long a full sync that finds the sync lock taken waits before trying again.
     sync_lock_retry_ms: int = Field(default=30_000, gt=0)
+    # A full listing that would deactivate more than this share of the active games
+    # deactivates nothing (CONTRACT §6): an empty or truncated answer must not empty the shop.
+    sync_max_removal_percent: Decimal = Field(default=Decimal("10"), ge=0, le=100)
     sync_cron: str = "0 2,14 * * *"
     stock_check_cron: str = "*/15 * * * *"
 
@@ -77,20 +153,11 @@ class Settings(BaseSettings):
         CronTrigger.from_crontab(value, timezone="UTC")
         return value
 
-    @field_validator("webhook_secrets")
+    @field_validator("webhook_secrets", "jwt_secret", "key_encryption_key")
     @classmethod
-    def _webhook_secrets(cls, value: SecretStr) -> SecretStr:
-        for secret in value.get_secret_value().split():
-            if not secret.startswith("whsec_"):
-                raise ValueError("each secret must look like whsec_<base64>")
-            base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-        return value
-
-    @field_validator("key_encryption_key")
-    @classmethod
-    def _fernet_key(cls, value: SecretStr) -> SecretStr:
-        Fernet(value.get_secret_value().encode())
-        return value
+    def _secret(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        assert info.field_name is not None
+        return SecretStr(validate_secret(info.field_name, value.get_secret_value()))
 
     @field_validator("email_backend")
     @classmethod
@@ -135,6 +202,17 @@ class Settings(BaseSettings):
         missing = [n for n in names if not str(_plain(getattr(self, n)))]
         if missing:
             raise SettingsError(missing[0].upper(), "is required for this command")
+
+    def require_secrets(self) -> None:
+        """What `serve`, `worker` and `scheduler` check before connecting anywhere: the
+        secrets with no public default (CONTRACT §3), each missing one named with a hint."""
+        for name, hint in SECRET_HINTS.items():
+            if not str(_plain(getattr(self, name))):
+                raise SettingsError(
+                    name.upper(),
+                    "is required and has no default (only `keysync up` generates one); "
+                    f"generate one with: {hint}",
+                )
 
 
 class SettingsError(Exception):

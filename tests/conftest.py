@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -43,12 +41,13 @@ def _worker_index(config: pytest.Config) -> int:
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("numprocesses", default=None) and not hasattr(config, "workerinput"):
         return  # the xdist controller runs no tests
-    from keysync.embedded import EmbeddedPostgres, EmbeddedRedis
+    from keysync.embedded import EmbeddedPostgres, EmbeddedRedis, scratch_dir
+    from keysync.settings import generate_secret
 
     index = _worker_index(config)
-    tmp = Path(tempfile.mkdtemp(prefix="keysync-test-"))
+    # As root the postgres user must enter it, even when TMPDIR is inside a private home.
+    tmp = scratch_dir("keysync-test-")
     _state["tmp"] = tmp
-    os.chmod(tmp, 0o755)
 
     admin_url = os.environ.get("TEST_DATABASE_URL")
     if not admin_url:
@@ -81,6 +80,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "WEBHOOK_SECRETS": os.environ.get("WEBHOOK_SECRETS", "")
         or "whsec_dGVzdC1zZWNyZXQtb25lLXRlc3Qtc2VjcmV0LW9uZQ== "
            "whsec_dGVzdC1zZWNyZXQtdHdvLXRlc3Qtc2VjcmV0LXR3bw==",
+        # No public defaults exist (CONTRACT §3): the run makes its own, and every
+        # subprocess a test spawns inherits them from here.
+        "JWT_SECRET": os.environ.get("JWT_SECRET", "") or generate_secret("jwt_secret"),
+        "KEY_ENCRYPTION_KEY": os.environ.get("KEY_ENCRYPTION_KEY", "")
+        or generate_secret("key_encryption_key"),
         "PROMETHEUS_DISABLE_CREATED_SERIES": "True",
     })
     for name in ("G2A_API_URL", "G2A_EMAIL", "G2A_API_HASH", "G2A_API_SECRET"):

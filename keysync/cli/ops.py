@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -23,7 +22,14 @@ import click
 import structlog
 
 from keysync.cli import EXIT_CONFIG, EXIT_OK, EXIT_UNREACHABLE, main
-from keysync.settings import DEV_WEBHOOK_SECRET, Settings, get_settings
+from keysync.settings import (
+    SECRET_HINTS,
+    Settings,
+    SettingsError,
+    generate_secret,
+    get_settings,
+    validate_secret,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -34,12 +40,15 @@ log = structlog.get_logger(__name__)
 @main.command()
 def scheduler() -> None:
     """Cron loop (CONTRACT §1); run several: one leader fires, the others stand by."""
+    # Checked before importing `worker`, which binds the broker: a misconfigured
+    # scheduler fails at once with exit 2 instead of touching Redis.
+    settings = get_settings()
+    settings.require_secrets()
+    settings.require("redis_url", "broker_url")
     from keysync.resources import make_redis
     from worker import broker
     from worker.scheduler import main as run_scheduler
 
-    settings = get_settings()
-    settings.require("redis_url", "broker_url")
     run_scheduler(
         make_redis(settings.redis_url),
         broker,
@@ -140,6 +149,9 @@ def _print_status(report: dict[str, Any]) -> None:
             started = run["started_at"][:19].replace("T", " ")
             runs.add_row(kind, run["status"], started, str(run["duration_s"]), counts)
         console.print(runs)
+    guard = report.get("removal_guard")
+    if guard and guard["active"]:
+        console.print(f"[red]removal guard active[/] since {guard['since']}: {guard['detail']}")
     if report["webhook_events"] is not None:
         console.print(f"webhook events: {report['webhook_events']}")
     sched = report["scheduler"]
@@ -164,6 +176,7 @@ SIM_API_SECRET = "sim-api-secret"
 
 _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
 PIDS_FILE = "up.pids"
+SECRETS_FILE = "secrets.json"
 
 
 def _mask(url: str) -> str:
@@ -396,17 +409,113 @@ class Stack:
         (self.data_dir / PIDS_FILE).unlink(missing_ok=True)
 
 
-def _unreachable_for_postgres(data_dir: Path) -> Path | None:
-    """The first ancestor of `data_dir` the `postgres` user may not traverse (root only)."""
-    if os.geteuid() != 0:
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` atomically with a file only its owner may read (0600 from birth)."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
+def _up_secrets(stack: Stack, settings: Settings) -> dict[str, str]:
+    """JWT_SECRET, KEY_ENCRYPTION_KEY and WEBHOOK_SECRETS for the children: the configured
+    value when there is one, else a random one generated on the first start and kept in
+    KEYSYNC_DATA_DIR/secrets.json (0600), so tokens, stored keys and webhook signatures
+    stay valid across restarts. Never printed."""
+    path = stack.data_dir / SECRETS_FILE
+    stored: dict[str, str] = {}
+    if path.exists():
+        try:
+            loaded = json.loads(path.read_text())
+            if not isinstance(loaded, dict):
+                raise ValueError("not a JSON object")
+            stored = {str(k): str(v) for k, v in loaded.items()}
+            # Whoever loosened the mode, the file holds live secrets.
+            path.chmod(0o600)
+        except (OSError, ValueError) as exc:
+            raise SettingsError(
+                "KEYSYNC_DATA_DIR",
+                f"{path} is unreadable ({exc}); repair it, or delete it to generate new "
+                "secrets (tokens and stored game keys made with the old ones become unusable)",
+            ) from None
+    chosen: dict[str, str] = {}
+    generated: list[str] = []
+    for name in SECRET_HINTS:
+        variable = name.upper()
+        configured = getattr(settings, name).get_secret_value()
+        if configured:
+            chosen[variable] = configured
+            continue
+        if variable not in stored:
+            stored[variable] = generate_secret(name)
+            generated.append(variable)
+        chosen[variable] = stored[variable]
+    for variable, value in chosen.items():
+        try:
+            # Same check as the children apply, so a damaged file fails here, once.
+            validate_secret(variable.lower(), value)
+        except ValueError as exc:
+            raise SettingsError(
+                "KEYSYNC_DATA_DIR",
+                f"{variable} in {path} is invalid ({exc}); repair or delete the file (tokens "
+                "and stored game keys made with the old secrets become unusable)",
+            ) from None
+    if generated:
+        _write_private(path, json.dumps(stored, indent=2) + "\n")
+        stack.say("up", f"generated {', '.join(generated)} (kept in {path}, mode 0600)")
+    from_file = [v for v in chosen if v in stored and v not in generated]
+    if from_file:
+        stack.say("up", f"using {', '.join(from_file)} from {path}")
+    return chosen
+
+
+def _postgres_dir(stack: Stack, explicit_data_dir: bool) -> Path | None:
+    """Where the embedded cluster lives: KEYSYNC_DATA_DIR/postgres, unless we are root and
+    the `postgres` user cannot get there (a checkout under /root): then, for the default
+    data dir only, a per-data-dir directory under /var/lib/keysync it can own. None (after
+    saying why) when there is no such place."""
+    from keysync.embedded import CLUSTER_BASES, blocked_for_postgres, cluster_dir_outside
+
+    data_dir = stack.data_dir
+    preferred = data_dir / "postgres"
+    blocked = blocked_for_postgres(preferred)
+    if blocked is None:
+        stack.say("up", f"starting embedded PostgreSQL (data in {preferred})")
+        return preferred
+    reason = (
+        f"PostgreSQL refuses to run as root, and the 'postgres' user it runs as cannot "
+        f"enter {blocked}"
+    )
+    if explicit_data_dir:
+        stack.say(
+            "up",
+            f"KEYSYNC_DATA_DIR {data_dir}: {reason}; choose a data dir it can reach (every "
+            "parent enterable by it), unset KEYSYNC_DATA_DIR to keep the cluster under "
+            f"{CLUSTER_BASES[0]}, or set DATABASE_URL",
+        )
         return None
-    for parent in reversed(data_dir.parents):
-        if not parent.stat().st_mode & stat.S_IXOTH:
-            return parent
-    return None
+    outside = cluster_dir_outside(data_dir)
+    if outside is None:
+        stack.say(
+            "up",
+            f"{reason}, and none of {', '.join(map(str, CLUSTER_BASES))} is usable (a "
+            "root-owned directory nobody else can write); set KEYSYNC_DATA_DIR to a "
+            "directory the 'postgres' user can reach, or DATABASE_URL",
+        )
+        return None
+    stack.say(
+        "up",
+        f"starting embedded PostgreSQL (data in {outside}: the 'postgres' user cannot enter "
+        f"{blocked})",
+    )
+    return outside
 
 
-def _child_env(settings: Settings, data_dir: Path) -> dict[str, str]:
+def _child_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_")}
     metrics_dir = data_dir / "metrics"
     # Fresh per run: multiprocess files of dead processes would otherwise be summed in.
@@ -419,8 +528,6 @@ def _child_env(settings: Settings, data_dir: Path) -> dict[str, str]:
             "KEYSYNC_DATA_DIR": str(data_dir),
         }
     )
-    if not settings.webhook_secrets.get_secret_value():
-        env["WEBHOOK_SECRETS"] = DEV_WEBHOOK_SECRET
     return env
 
 
@@ -437,6 +544,8 @@ def up(host: str, port: int, sim_products: int, skip_initial_sync: bool) -> None
 
     settings = get_settings()
     data_dir = settings.keysync_data_dir.resolve()
+    # Set in the environment or .env: then its meaning is kept, never silently moved.
+    explicit_data_dir = "keysync_data_dir" in settings.model_fields_set
     data_dir.mkdir(parents=True, exist_ok=True)
     lock_file = open(data_dir / "up.lock", "w")  # noqa: SIM115 - held for the whole run
     try:
@@ -466,7 +575,9 @@ def up(host: str, port: int, sim_products: int, skip_initial_sync: bool) -> None
             stack.say("up", f"port {port} is in use; choose another with --port")
             exit_code = EXIT_CONFIG
             return
-        exit_code = _bring_up(stack, settings, host, port, sim_products, skip_initial_sync)
+        exit_code = _bring_up(
+            stack, settings, host, port, sim_products, skip_initial_sync, explicit_data_dir
+        )
     except (EmbeddedError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", None) or b""
         stack.say("up", f"cannot start an embedded server: {exc} {detail.decode()[-500:]}")
@@ -479,26 +590,27 @@ def up(host: str, port: int, sim_products: int, skip_initial_sync: bool) -> None
 
 
 def _bring_up(
-    stack: Stack, settings: Settings, host: str, port: int, sim_products: int, skip_sync: bool
+    stack: Stack,
+    settings: Settings,
+    host: str,
+    port: int,
+    sim_products: int,
+    skip_sync: bool,
+    explicit_data_dir: bool,
 ) -> int:
     """Start everything in order; return the exit code once stopped (signal or a crash)."""
     from keysync.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
     data_dir = stack.data_dir
-    env = _child_env(settings, data_dir)
+    env = _child_env(data_dir)
+    env.update(_up_secrets(stack, settings))
     stack.env = env
     database_url = settings.database_url
     if not database_url:
-        blocked = _unreachable_for_postgres(data_dir)
-        if blocked is not None:
-            stack.say(
-                "up",
-                f"KEYSYNC_DATA_DIR {data_dir}: as root, PostgreSQL runs as the 'postgres' user, "
-                f"which cannot enter {blocked}; choose a data dir outside it or set DATABASE_URL",
-            )
+        pg_dir = _postgres_dir(stack, explicit_data_dir)
+        if pg_dir is None:
             return EXIT_CONFIG
-        stack.say("up", f"starting embedded PostgreSQL (data in {data_dir / 'postgres'})")
-        pg = EmbeddedPostgres(data_dir / "postgres")
+        pg = EmbeddedPostgres(pg_dir)
         stack.embedded.append(pg)
         pg.start()
         stack.record()

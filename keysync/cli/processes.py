@@ -33,6 +33,7 @@ def db_upgrade() -> None:
 def worker(processes: int, threads: int) -> None:
     """Dramatiq worker for every actor of `jobs`."""
     settings = get_settings()
+    settings.require_secrets()
     settings.require("database_url", "redis_url", "broker_url")
     args = [
         "dramatiq",
@@ -52,10 +53,11 @@ def worker(processes: int, threads: int) -> None:
 @click.option("--workers", default=1, show_default=True, help="uvicorn worker processes")
 def serve(host: str, port: int, workers: int) -> None:
     """The HTTP API (CONTRACT §5)."""
+    settings = get_settings()
+    settings.require_secrets()
+    settings.require("database_url", "redis_url", "broker_url")
     import uvicorn
 
-    settings = get_settings()
-    settings.require("database_url", "redis_url", "broker_url")
     uvicorn.run(
         "web.app:create_app",
         factory=True,
@@ -89,7 +91,20 @@ def g2a_sim(
     webhook_url: str | None,
     webhook_secret: str | None,
 ) -> None:
-    """A local G2A Export API simulator (CONTRACT §6) for tests, `keysync up` and benchmarks."""
+    """A local G2A Export API simulator (CONTRACT §6) for tests, `keysync up` and benchmarks.
+
+    \b
+    Test controls (JSON bodies; docs/sync.md "Simulator controls"):
+      POST /_sim/faults {rate, status, latency_ms, count, skip, paths, only, empty_listing}
+           inject errors (status 0 = malformed JSON) or latency; `skip` requests pass
+           first, then `count` are hit; `only`: "listing" or "lookup" (?id=);
+           `empty_listing`: listings answer 200 {total: 0, docs: []}
+      DELETE /_sim/faults
+      POST /_sim/drift {after, remove_id?}   after N listing requests remove a product
+           from page 1 and add one at the end (total unchanged); DELETE /_sim/drift
+      POST /_sim/mutate {changed, added, removed, out_of_stock}
+      GET /_sim/stats, POST /_sim/reset, POST /_sim/config {rate_limit_per_min, ...}
+    """
     from g2a_sim.server import run
 
     settings = get_settings()

@@ -1,8 +1,13 @@
-"""`keysync up` end to end, as a user runs it: a fresh data dir, no URLs configured.
+"""`keysync up` end to end, as a user runs it: a fresh data dir, no URLs or secrets configured.
 
-One scenario, two runs on the same KEYSYNC_DATA_DIR: the first is killed with SIGKILL
-(its children and servers are left behind, as after a crash); the second must clean up
-after it, come up, sync the simulator's catalog, and on SIGTERM leave nothing running.
+Two runs on the same KEYSYNC_DATA_DIR: the first is killed with SIGKILL (its children and
+servers are left behind, as after a crash); the second must clean up after it, come up with
+the secrets the first generated (a token of the first run still works), sync the simulator's
+catalog, and on SIGTERM leave nothing running.
+
+And as root, a newcomer's checkout inside a private (0700) home: `keysync up` with the
+default data dir keeps the cluster where the `postgres` user can reach it and Ctrl-C leaves
+nothing running; the test suite's own throwaway servers start from there too.
 """
 
 from __future__ import annotations
@@ -37,29 +42,38 @@ UNSET = (
     "G2A_API_HASH",
     "G2A_API_SECRET",
     "WEBHOOK_SECRETS",
+    "JWT_SECRET",
+    "KEY_ENCRYPTION_KEY",
     "PROMETHEUS_MULTIPROC_DIR",
+    "KEYSYNC_DATA_DIR",
 )
+SECRETS = ("JWT_SECRET", "KEY_ENCRYPTION_KEY", "WEBHOOK_SECRETS")
 
 
 class Up:
-    def __init__(self, data_dir: Path, port: int) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in UNSET}
-        env.update(KEYSYNC_DATA_DIR=str(data_dir), LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+    def __init__(
+        self,
+        data_dir: Path | None,
+        port: int,
+        *,
+        cwd: Path | None = None,
+        program: tuple[str, ...] = (
+            sys.executable, "-c", "from keysync.cli import main; main(prog_name='keysync')"),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`keysync up` on `data_dir` (KEYSYNC_DATA_DIR), or on the default data dir of
+        `cwd` when `data_dir` is None."""
+        environment = {k: v for k, v in os.environ.items() if k not in UNSET}
+        environment.update(LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", **(env or {}))
+        if data_dir is not None:
+            environment["KEYSYNC_DATA_DIR"] = str(data_dir)
+            cwd = cwd or data_dir.parent
         self.port = port
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from keysync.cli import main; main(prog_name='keysync')",
-                "up",
-                "--port",
-                str(port),
-                "--sim-products",
-                "100",
-            ],
-            cwd=data_dir.parent,
-            env=env,
+            [*program, "up", "--port", str(port), "--sim-products", "100"],
+            cwd=cwd,
+            env=environment,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -135,6 +149,14 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(base, ignore_errors=True)
 
 
+def _stored_secrets(data_dir: Path) -> dict[str, str]:
+    path = data_dir / "secrets.json"
+    assert path.stat().st_mode & 0o777 == 0o600, oct(path.stat().st_mode)
+    stored = json.loads(path.read_text())
+    assert set(stored) == set(SECRETS)
+    return {k: str(v) for k, v in stored.items()}
+
+
 def test_up_survives_a_crash_syncs_and_stops_cleanly(data_dir: Path) -> None:
     port = free_port()
     leftovers: list[int] = []
@@ -143,6 +165,17 @@ def test_up_survives_a_crash_syncs_and_stops_cleanly(data_dir: Path) -> None:
         first = Up(data_dir, port)
         first.wait_ready()
         leftovers = _pids(data_dir)
+        # No secret configured: generated once, kept private in the data dir, never printed.
+        secrets = _stored_secrets(data_dir)
+        assert "generated JWT_SECRET, KEY_ENCRYPTION_KEY, WEBHOOK_SECRETS" in first.output()
+        assert not any(value in first.output() for value in secrets.values())
+        registered = httpx.post(
+            f"http://127.0.0.1:{port}/auth/register",
+            json={"email": "restart@example.com", "password": "correct-horse-battery"},
+            timeout=10,
+        )
+        assert registered.status_code == 201, registered.text
+        token = registered.json()["token"]
         first.process.send_signal(signal.SIGKILL)  # a crash: children and servers remain
         first.process.wait()
         assert any(_alive(pid) for pid in leftovers)
@@ -150,6 +183,12 @@ def test_up_survives_a_crash_syncs_and_stops_cleanly(data_dir: Path) -> None:
         second = Up(data_dir, port)
         second.wait_ready()
         assert "leftover" in second.output()
+        # The same secrets again: a token of the first run still opens the second one's API.
+        assert _stored_secrets(data_dir) == secrets
+        assert "using JWT_SECRET, KEY_ENCRYPTION_KEY, WEBHOOK_SECRETS from" in second.output()
+        orders = httpx.get(f"http://127.0.0.1:{port}/orders",
+                           headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert orders.status_code == 200, orders.text
         database_url = second.printed("Postgres")
         assert second.printed("API") == f"http://127.0.0.1:{port}"
 
@@ -188,3 +227,121 @@ def test_up_survives_a_crash_syncs_and_stops_cleanly(data_dir: Path) -> None:
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+# --- as root, from a checkout in a private home (issue 12 item 8) --------------------------
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="needs root: only as root does the embedded PostgreSQL run as the 'postgres' user, "
+    "who cannot enter a 0700 home directory",
+)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _copy_checkout(destination: Path) -> None:
+    """The working tree as a clone would have it once committed: tracked and new files,
+    without what .gitignore excludes (the venv, caches, .keysync); uncommitted changes
+    included, so the code under test is this code."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+
+
+@pytest.fixture(scope="module")
+def private_checkout() -> Iterator[Path]:
+    """<tmp>/home/root-like/keysync with home/root-like mode 0700, like /root/keysync."""
+    base = Path(tempfile.mkdtemp(prefix="keysync-home-"))
+    base.chmod(0o755)  # like /: only the home itself is private
+    home = base / "home" / "root-like"
+    home.mkdir(parents=True)
+    home.chmod(0o700)
+    checkout = home / "keysync"
+    _copy_checkout(checkout)
+    yield checkout
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _checkout_env(checkout: Path) -> dict[str, str]:
+    # The venv's editable install points at the main tree: PYTHONPATH makes every process
+    # (up and all its children) import the checkout's code instead.
+    return {"PYTHONPATH": str(checkout), "HOME": str(checkout.parent)}
+
+
+def _imported_from(checkout: Path, program: str) -> str:
+    env = {**os.environ, **_checkout_env(checkout)}
+    return subprocess.run(
+        [program, "-c", "import keysync; print(keysync.__file__)"],
+        cwd=checkout, env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+
+
+@needs_root
+def test_up_as_root_from_a_private_home_keeps_postgres_reachable(private_checkout: Path) -> None:
+    from keysync.embedded import CLUSTER_BASES
+
+    checkout = private_checkout
+    keysync = str(Path(sys.executable).parent / "keysync")
+    assert _imported_from(checkout, sys.executable).startswith(str(checkout))
+    data_dir = checkout / ".keysync"  # the default: KEYSYNC_DATA_DIR is unset
+    port = free_port()
+    up = Up(None, port, cwd=checkout, program=(keysync,), env=_checkout_env(checkout))
+    cluster_home: Path | None = None
+    try:
+        up.wait_ready()
+        # One line says where the cluster went and why; the rest stays in the data dir.
+        said = [line for line in up.lines if "starting embedded PostgreSQL (data in" in line]
+        assert len(said) == 1, up.output()
+        cluster = Path(said[0].split("(data in ", 1)[1].split(":", 1)[0])
+        cluster_home = cluster.parent
+        assert any(cluster.is_relative_to(base) for base in CLUSTER_BASES), said[0]
+        assert said[0].endswith(f"cannot enter {checkout.parent})"), said[0]
+        assert (cluster / "pgdata" / "PG_VERSION").exists()
+        assert (cluster_home / "data_dir").read_text().strip() == str(data_dir)
+        assert (data_dir / "secrets.json").exists() and (data_dir / "up.pids").exists()
+        assert not (data_dir / "postgres").exists()
+
+        pids = _pids(data_dir)
+        up.process.send_signal(signal.SIGINT)  # Ctrl-C
+        assert up.process.wait(40) == 0, up.output()
+        assert "nothing left running" in up.output()
+        still = [pid for pid in pids if _alive(pid) or _group_alive(pid)]
+        assert not still, f"left running: {still}\n{up.output()}"
+        assert not (data_dir / "up.pids").exists()
+        # The data stays for the next start; the postmaster is gone.
+        assert not (cluster / "pgdata" / "postmaster.pid").exists()
+    finally:
+        if up.process.poll() is None:
+            up.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                up.process.wait(30)
+        # Named after this throwaway checkout's path: nobody will start it again.
+        if cluster_home is not None and any(
+            cluster_home.parent == base for base in CLUSTER_BASES
+        ):
+            shutil.rmtree(cluster_home, ignore_errors=True)
+
+
+@needs_root
+def test_suite_servers_start_from_a_private_home(private_checkout: Path) -> None:
+    """The suite's own throwaway Postgres, run from that checkout with TMPDIR inside the
+    private home (where the postgres user cannot follow)."""
+    checkout = private_checkout
+    tmpdir = checkout.parent / "tmp"
+    tmpdir.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items()
+           if k not in (*UNSET, "TEST_DATABASE_URL", "TEST_REDIS_URL", "PYTEST_ADDOPTS")}
+    env.update(_checkout_env(checkout), TMPDIR=str(tmpdir))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/keysync/test_settings.py::test_urls_and_defaults_are_normalised"],
+        cwd=checkout, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "1 passed" in result.stdout
