@@ -43,8 +43,9 @@ log = structlog.get_logger("g2a_sim")
 DEFAULT_EMAIL = "sim@keysync.local"
 DEFAULT_API_HASH = "sim-api-hash"
 DEFAULT_API_SECRET = "sim-api-secret"
-# Same value as keysync's development WEBHOOK_SECRETS default, so `keysync up` works
-# without configuration; the simulator deliberately does not import product code.
+# The simulator's own test secret, used only when started without --webhook-secret (keysync
+# has no default: `keysync up` passes the secret it generated). Public on purpose: it signs
+# webhooks for a local stand-in, and keysync accepts it only if an operator configures it.
 DEFAULT_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"keysync-dev-webhook-secret-32by").decode()
 MALFORMED_BODY = b'{"status": "OK", "total": 3, "docs": [{"id": '
 

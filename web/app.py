@@ -22,8 +22,12 @@ def create_app(resources: Resources | None = None) -> FastAPI:
         if owned:
             from worker import broker
 
+            settings = get_settings()
+            # Also when started as `uvicorn web.app:create_app` instead of `keysync serve`:
+            # never sign tokens or verify webhooks without the operator's own secrets.
+            settings.require_secrets()
             app.state.resources = Resources.build(
-                get_settings(), broker, pool_size=10, name="keysync-web"
+                settings, broker, pool_size=10, name="keysync-web"
             )
         yield
         if owned:

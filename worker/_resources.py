@@ -43,7 +43,10 @@ class ResourcesMiddleware(Middleware):
 
     def _ensure(self, broker: dramatiq.Broker) -> Resources:
         if self.resources is None:
-            self.resources = Resources.build(get_settings(), broker, name="keysync-worker")
+            settings = get_settings()
+            # Also when started as `dramatiq jobs` instead of `keysync worker`.
+            settings.require_secrets()
+            self.resources = Resources.build(settings, broker, name="keysync-worker")
         return self.resources
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
