@@ -9,19 +9,19 @@
   `lower(email) = lower(:typed)` in SQL. Python's `str.lower()` must never take part: it
   differs from Postgres for some letters (final sigma, dotted capital I), so an address
   could register and then never be found.
-- The welcome email is staged in the job outbox inside the registration transaction and
-  dispatched after commit (by default right away, or by whatever `defer` the caller passes,
-  e.g. after the HTTP response). A dead broker leaves it for the outbox relay; nothing about
-  email can fail or slow a registration.
-- Login enqueues the guest migration directly (its result decides what the response says);
-  when the broker refuses, the migration runs inline and login still succeeds.
+- The welcome email is enqueued (`worker.enqueue`) inside the registration transaction and
+  sent right after commit: one LPUSH to a live broker, an instantly refused connection to a
+  dead one (the job then waits in the outbox for the relay). Sending never raises, so
+  nothing about email can fail a registration.
+- Login sends the guest migration with `send_now`, not after a commit: whether the broker
+  took it decides what the response says, and when it refuses the migration runs inline and
+  login still succeeds.
 """
 
 from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
@@ -37,8 +37,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Transaction, TransactionStatus, TransactionType, User
 from keysync.settings import Settings
-from services import job_outbox, migration, tokens
+from services import migration, tokens
 from services.cache import Cache, keys
+from worker.enqueue import Actor, enqueue, send_now
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +58,6 @@ GUEST_MIGRATIONS_STARTED = Counter(
 )  # queued | inline (broker refused)
 
 MigrationOutcome = Literal["queued", "done", "none"]
-Defer = Callable[[Callable[[], object]], object]
 
 
 class EmailTaken(Exception):
@@ -122,32 +122,21 @@ def register(
     password: str,
     name: str = "",
     hasher: PasswordHasher = PASSWORD_HASHER,
-    defer: Defer | None = None,
 ) -> AuthResult:
-    """Create the user and stage the welcome email in one transaction; EmailTaken on a dup."""
+    """Create the user and enqueue the welcome email in one transaction; EmailTaken on a dup."""
     email = normalise_email(email)
     password_hash = hasher.hash(password)
     with sessions() as session:
         try:
             with session.begin():
                 user = _insert_user(session, email, password_hash, name)
-                outbox_id = job_outbox.stage(
-                    session, "send_email", email, WELCOME_SUBJECT, _welcome_body(name)
-                )
+                enqueue(session, broker, Actor.SEND_EMAIL, email, WELCOME_SUBJECT,
+                        _welcome_body(name))
         except IntegrityError as exc:
             _raise_if_email_taken(exc)
             raise
     AUTH_EVENTS.labels("register", "created").inc()
-    bound = log.bind(user_id=str(user.id))
-    bound.info("user registered")
-
-    def send_welcome() -> None:
-        _dispatch_quietly(sessions, broker, [outbox_id], bound)
-
-    if defer is None:
-        send_welcome()
-    else:
-        defer(send_welcome)
+    log.info("user registered", user_id=str(user.id))
     return AuthResult(user=user, token=issue_token(settings, user.id))
 
 
@@ -168,20 +157,6 @@ def _raise_if_email_taken(exc: IntegrityError) -> None:
 def _welcome_body(name: str) -> str:
     greeting = f"Hi {name}," if name else "Hi,"
     return f"{greeting}\n\nyour keysync account is ready. Happy gaming!\n"
-
-
-def _dispatch_quietly(
-    sessions: sessionmaker[Session],
-    broker: dramatiq.Broker,
-    ids: list[int],
-    bound: Any,
-) -> None:
-    # The user is committed; whatever goes wrong now (broker or even Postgres gone) must not
-    # surface to the caller. Rows left in the outbox are sent by the scheduled relay.
-    try:
-        job_outbox.dispatch(sessions, broker, ids)
-    except Exception as exc:
-        bound.warning("welcome email left in outbox for the relay", error=str(exc))
 
 
 # --- login -------------------------------------------------------------------------------
@@ -260,7 +235,7 @@ def _start_migration(
         if not migration.has_guest_data(session, session_id):
             return "none"
     try:
-        job_outbox.send(broker, "migrate_guest_data", session_id, str(user_id))
+        send_now(broker, Actor.MIGRATE_GUEST_DATA, session_id, str(user_id))
         GUEST_MIGRATIONS_STARTED.labels("queued").inc()
         return "queued"
     except Exception as exc:

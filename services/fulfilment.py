@@ -54,7 +54,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import G2APurchase, G2APurchaseStatus, Game, Order, OrderItem, OrderStatus
-from services import job_outbox, order_status, webhooks
+from services import order_status, webhooks
 from services.cache import Cache
 from services.g2a import (
     G2AAuthError,
@@ -132,8 +132,6 @@ class _Tx:
 
     session: Session
     order: Order
-    # job_outbox rows staged in this transaction, dispatched after its commit
-    outbox_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -165,8 +163,8 @@ class Fulfiller:
 
     @contextmanager
     def _locked(self, result: FulfilmentResult) -> Iterator[_Tx]:
-        """A transaction holding the order row lock; after its commit, transitions made in
-        it are invalidated and the jobs it staged are dispatched."""
+        """A transaction holding the order row lock; jobs enqueued in it are sent at its
+        commit, and the transitions made in it are invalidated right after."""
         before = len(result.transitions)
         stop: _StopAfterCommit | None = None
         with self.sessions() as session, session.begin():
@@ -178,8 +176,6 @@ class Fulfiller:
                 yield tx
             except _StopAfterCommit as exc:
                 stop = exc  # commit the failure (row state, refund), then stop
-        if tx.outbox_ids:
-            job_outbox.dispatch(self.sessions, self.broker, tx.outbox_ids)
         for transition in result.transitions[before:]:
             if transition.changed:
                 self.cache.invalidate(transition.cache_keys)
@@ -298,7 +294,7 @@ class Fulfiller:
         )
         tx.session.flush()
         # A G2A webhook may have beaten this commit; apply it now that the order is known.
-        tx.outbox_ids += webhooks.stage_orphans(tx.session, g2a_order_id=created.order_id)
+        webhooks.enqueue_orphans(tx.session, self.broker, g2a_order_id=created.order_id)
         bound.info("g2a order created", g2a_order_id=created.order_id, price=str(created.price))
 
     def _pay(

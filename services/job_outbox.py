@@ -1,15 +1,17 @@
 """Transactional outbox for jobs that must not be lost (fulfilment, welcome email, ...).
 
-`stage` writes the message in the same Postgres transaction as the change that needs it;
-`dispatch` hands staged messages to the broker after commit and deletes them once accepted.
-If the broker is down (or the process dies between commit and dispatch), the rows stay
-and `relay` (run by the scheduler every minute) sends them later. A message may therefore
-be delivered more than once; every actor fed through here is idempotent.
+The table mechanics under `worker.enqueue`, which is what write paths call (it stages
+here and dispatches after commit). `stage` writes the message in the same Postgres
+transaction as the change that needs it; `dispatch` hands staged messages to the broker
+after commit and deletes them once accepted. If the broker is down (or the process dies
+between commit and dispatch), the rows stay and `relay` (run by the scheduler every
+minute) sends them later. A message may therefore be delivered more than once; every
+actor fed through here is idempotent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dramatiq
@@ -40,20 +42,28 @@ def _message(actor_name: str, queue_name: str, args: Sequence[Any]) -> Message[A
 
 
 def send(broker: dramatiq.Broker, actor_name: str, *args: Any, queue_name: str = "default") -> None:
-    """Enqueue directly (for jobs whose loss is acceptable or handled by the caller)."""
+    """Enqueue directly, no outbox (write paths use `worker.enqueue.send_now`, typed)."""
     broker.enqueue(_message(actor_name, queue_name, args))
 
 
-def dispatch(sessions: sessionmaker[Session], broker: dramatiq.Broker, ids: Sequence[int]) -> int:
-    """After commit: send the staged messages `ids`; returns how many the broker accepted."""
-    sent = 0
-    for row_id in ids:
-        with sessions() as session, session.begin():
-            row = session.execute(
-                select(JobOutbox).where(JobOutbox.id == row_id).with_for_update(skip_locked=True)
-            ).scalar_one_or_none()
-            if row is None:  # already relayed by the sweeper
-                continue
+def dispatch(sessions: Callable[[], Session], broker: dramatiq.Broker, ids: Sequence[int]) -> int:
+    """After commit: send the staged messages `ids`; returns how many the broker accepted.
+
+    One transaction for the batch: the rows are locked (a concurrent relay skips them),
+    sent in id order, and the sent ones deleted. The first refusal stops the batch, since
+    the rest would meet the same broker; what is left waits for `relay`.
+    """
+    if not ids:
+        return 0
+    sent: list[int] = []
+    with sessions() as session, session.begin():
+        rows = session.execute(
+            select(JobOutbox)
+            .where(JobOutbox.id.in_(list(ids)))
+            .order_by(JobOutbox.id)
+            .with_for_update(skip_locked=True)  # rows gone or locked: relayed by the sweeper
+        ).scalars().all()
+        for row in rows:
             try:
                 broker.enqueue(_message(row.actor_name, row.queue_name, row.args))
             except Exception as exc:
@@ -61,18 +71,19 @@ def dispatch(sessions: sessionmaker[Session], broker: dramatiq.Broker, ids: Sequ
                 log.warning(
                     "broker unavailable; job left in outbox",
                     actor=row.actor_name,
-                    outbox_id=row_id,
+                    outbox_id=row.id,
                     error=str(exc),
                 )
                 session.execute(
                     update(JobOutbox)
-                    .where(JobOutbox.id == row_id)
+                    .where(JobOutbox.id == row.id)
                     .values(attempts=JobOutbox.attempts + 1)
                 )
-                return sent
-            session.execute(delete(JobOutbox).where(JobOutbox.id == row_id))
-            sent += 1
-    return sent
+                break
+            sent.append(row.id)
+        if sent:
+            session.execute(delete(JobOutbox).where(JobOutbox.id.in_(sent)))
+    return len(sent)
 
 
 def relay(

@@ -27,13 +27,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import G2APurchase, G2APurchaseStatus, Order, OrderItem, OrderStatus
-from services import job_outbox
 from services.g2a import G2AClient, G2AError, G2AOrderNotFound
 from services.order_status import REFUNDING
+from worker.enqueue import Actor, enqueue
 
 log = structlog.get_logger(__name__)
-
-FULFIL_ACTOR = "fulfil_order"
 
 
 @dataclass
@@ -103,10 +101,8 @@ def poll_order_status(
     _reconcile_refunded(sessions, g2a, result, limit=limit)
     if result.resumed:
         with sessions() as session, session.begin():
-            outbox_ids = [
-                job_outbox.stage(session, FULFIL_ACTOR, str(oid)) for oid in result.resumed
-            ]
-        job_outbox.dispatch(sessions, broker, outbox_ids)
+            for order_id in result.resumed:
+                enqueue(session, broker, Actor.FULFIL_ORDER, str(order_id))
     if result.checked_orders:
         log.info(
             "order status poll",

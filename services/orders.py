@@ -2,10 +2,11 @@
 
 `create_order` is one Postgres transaction: lock the user row, price the items from the
 current `games.price`, insert the order (PENDING), its items and the PURCHASE transaction,
-debit the balance, clear the cart when the order came from it, and stage `fulfil_order` in
-the job outbox. Any failure rolls all of it back (no order, no transaction, balance
-unchanged). After commit the job is dispatched (the outbox relay re-sends it if the broker
-is down or we die first) and the user's order/cart/transaction caches are invalidated.
+debit the balance, clear the cart when the order came from it, and enqueue `fulfil_order`
+(`worker.enqueue`: staged in the job outbox, sent after commit; the outbox relay re-sends it
+if the broker is down or we die first). Any failure rolls all of it back (no order, no
+transaction, balance unchanged, no job). After commit the user's order/cart/transaction
+caches are invalidated.
 """
 
 from __future__ import annotations
@@ -35,14 +36,13 @@ from db.models import (
     TransactionType,
     User,
 )
-from services import job_outbox
 from services.cache import Cache, keys
 from services.cart import is_buyable
+from worker.enqueue import Actor, enqueue
 
 log = structlog.get_logger(__name__)
 
 CENT = Decimal("0.01")
-FULFIL_ACTOR = "fulfil_order"
 
 
 class OrderError(Exception):
@@ -106,16 +106,12 @@ def create_order(
     bound = log.bind(user_id=str(user_id))
     with sessions() as session:
         with session.begin():
-            order, outbox_id = _create_in_transaction(session, user_id, items)
+            order = _create_in_transaction(session, user_id, items)
+            # Sent after commit, never raising: a broker failure must not turn a committed
+            # purchase into an error the client retries (and so buys twice).
+            enqueue(session, broker, Actor.FULFIL_ORDER, str(order.id))
             view = _order_view(session, order, with_keys=False)
         bound.info("order created", order_id=str(order.id), total=str(order.total))
-    try:
-        job_outbox.dispatch(sessions, broker, [outbox_id])
-    except Exception as exc:
-        # The order is committed and its job is in the outbox, which the relay sends; a
-        # failure here must not turn a successful purchase into an error the client retries
-        # (and so buys twice).
-        bound.warning("fulfilment dispatch deferred to the outbox relay", error=str(exc))
     cache.invalidate(
         [keys.user_orders(user_id), keys.user_cart(user_id), keys.user_transactions(user_id)]
     )
@@ -124,7 +120,7 @@ def create_order(
 
 def _create_in_transaction(
     session: Session, user_id: uuid.UUID, items: Sequence[LineRequest] | None
-) -> tuple[Order, int]:
+) -> Order:
     # The user row lock serialises every purchase of this user, so two concurrent orders
     # cannot both pass the balance check on the same money.
     user = session.execute(
@@ -190,10 +186,9 @@ def _create_in_transaction(
     )
     if cart_ids:
         session.execute(delete(CartItem).where(CartItem.id.in_(cart_ids)))
-    outbox_id = job_outbox.stage(session, FULFIL_ACTOR, str(order.id))
     session.flush()
     session.refresh(order, ["items"])
-    return order, outbox_id
+    return order
 
 
 # --- reads -------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Receiving (`verify` then `store`): the signature is checked against every configured secret
 (rotation) before the body is parsed or anything is stored; the event is then inserted with
 `ON CONFLICT (event_id) DO NOTHING`, so a redelivery of the same `webhook-id` is answered 200
-and has no second effect. `process_webhook_event` is sent after the commit; an event whose
-job never arrives is still an unprocessed row, which the sweeper re-sends.
+and has no second effect. `process_webhook_event` is enqueued in that transaction and sent
+after its commit; an event whose job never arrives is still an unprocessed row, which the
+sweeper re-sends (so that actor needs no outbox row: see `worker.enqueue`).
 
 Processing (`process_event`): one transaction locks the event row, resolves the order,
 applies the status through `order_status.apply` (which row-locks the order) and marks the
@@ -41,16 +42,15 @@ from db.models import (
     OrderStatus,
     WebhookEvent,
 )
-from services import job_outbox, order_status
+from services import order_status
 from services.cache import Cache
 from services.metrics import WEBHOOK_EVENTS
+from worker.enqueue import Actor, enqueue
 
 log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
 TOLERANCE_S = 300
-PROCESS_ACTOR = "process_webhook_event"
-FULFIL_ACTOR = "fulfil_order"
 EVENT_TYPE = "order.status_changed"
 
 OUTCOME_PROCESSED = "processed"
@@ -209,10 +209,8 @@ def store(
 ) -> bool:
     """Insert the event once and queue its processing; False for a duplicate `webhook-id`.
 
-    The inbox row is its own outbox: once it is committed the event cannot be lost, so the
-    job is sent directly after commit, and if the broker is down (or we die first) the
-    sweeper finds the unprocessed row and sends it then. That saves the job-outbox round
-    trips on the hottest write path.
+    The inbox row is its own outbox: once it is committed the event cannot be lost, and if
+    the broker is down (or we die before sending) the sweeper finds the unprocessed row.
     """
     with sessions() as session, session.begin():
         inserted = session.execute(
@@ -221,14 +219,9 @@ def store(
             .on_conflict_do_nothing(index_elements=[WebhookEvent.event_id])
             .returning(WebhookEvent.id)
         ).scalar_one_or_none()
-    if inserted is None:
-        return False
-    try:
-        job_outbox.send(broker, PROCESS_ACTOR, msg_id)
-    except Exception as exc:
-        log.warning("broker unavailable; webhook left for the sweeper", webhook_id=msg_id,
-                    error=str(exc))
-    return True
+        if inserted is not None:
+            enqueue(session, broker, Actor.PROCESS_WEBHOOK_EVENT, msg_id)
+    return inserted is not None
 
 
 # --- processing --------------------------------------------------------------------------
@@ -258,18 +251,15 @@ def process_event(
     sessions: sessionmaker[Session], broker: dramatiq.Broker, cache: Cache, event_id: str
 ) -> ProcessResult:
     """Apply one stored event exactly once (idempotent: safe to run twice or concurrently)."""
-    outbox_ids: list[int] = []
     with structlog.contextvars.bound_contextvars(webhook_id=event_id):
         try:
             with sessions() as session, session.begin():
-                result = _process_in_transaction(session, event_id, outbox_ids)
+                result = _process_in_transaction(session, broker, event_id)
         except Exception as exc:
             _record_error(sessions, event_id, exc)
             raise
     if result.outcome in (OUTCOME_PROCESSED, OUTCOME_IGNORED, OUTCOME_ORPHAN):
         WEBHOOK_EVENTS.labels(result.outcome).inc()
-    if outbox_ids:
-        job_outbox.dispatch(sessions, broker, outbox_ids)
     if result.transition is not None and result.transition.changed:
         cache.invalidate(result.transition.cache_keys)
     log.info("webhook event handled", webhook_id=event_id, outcome=result.outcome,
@@ -278,7 +268,7 @@ def process_event(
 
 
 def _process_in_transaction(
-    session: Session, event_id: str, outbox_ids: list[int]
+    session: Session, broker: dramatiq.Broker, event_id: str
 ) -> ProcessResult:
     # The event lock makes concurrent deliveries of the same job queue up; the loser then
     # sees processed_at set and does nothing.
@@ -324,7 +314,7 @@ def _process_in_transaction(
         assert applied is not None  # the order is locked, so it exists
         transition = applied
     if transition.needs_fulfilment:
-        outbox_ids.append(job_outbox.stage(session, FULFIL_ACTOR, str(order.id)))
+        enqueue(session, broker, Actor.FULFIL_ORDER, str(order.id))
         bound.info("webhook resumes fulfilment")
     event.processed_at = func.now()
     acted = transition.changed or transition.needs_fulfilment
@@ -348,11 +338,15 @@ def _record_error(sessions: sessionmaker[Session], event_id: str, exc: Exception
 # --- orphans and the sweeper -------------------------------------------------------------
 
 
-def stage_orphans(
-    session: Session, *, order_id: uuid.UUID | None = None, g2a_order_id: str | None = None
-) -> list[int]:
-    """Inside the transaction that makes an order (or G2A order) known: queue the orphan
-    events that were waiting for it. Returns outbox ids to dispatch after commit."""
+def enqueue_orphans(
+    session: Session,
+    broker: dramatiq.Broker,
+    *,
+    order_id: uuid.UUID | None = None,
+    g2a_order_id: str | None = None,
+) -> list[str]:
+    """Inside the transaction that makes an order (or G2A order) known: enqueue the orphan
+    events that were waiting for it (sent after commit). Returns their event ids."""
     conditions = []
     if order_id is not None:
         conditions.append(WebhookEvent.payload["data"]["order_id"].astext == str(order_id))
@@ -369,7 +363,9 @@ def stage_orphans(
             or_(*conditions),
         )
     ).all()
-    return [job_outbox.stage(session, PROCESS_ACTOR, eid) for eid in event_ids]
+    for event_id in event_ids:
+        enqueue(session, broker, Actor.PROCESS_WEBHOOK_EVENT, event_id)
+    return list(event_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,8 +416,8 @@ def sweep(
             .order_by(WebhookEvent.received_at)
             .limit(limit)
         ).all()
-        outbox_ids = [job_outbox.stage(session, PROCESS_ACTOR, eid) for eid in event_ids]
-    job_outbox.dispatch(sessions, broker, outbox_ids)
+        for event_id in event_ids:
+            enqueue(session, broker, Actor.PROCESS_WEBHOOK_EVENT, event_id)
     if event_ids or dead:
         log.info("webhook sweep", requeued=len(event_ids), dead=len(dead))
     return SweepResult(requeued=len(event_ids), dead=len(dead))

@@ -246,8 +246,8 @@ def test_orphan_is_kept_and_applied_when_the_g2a_order_appears(resources: Any) -
         s.add(G2APurchase(order_item_id=item_id, unit_index=0, g2a_order_id=external,
                           status=G2APurchaseStatus.CREATED))
         s.flush()
-        staged = webhooks.stage_orphans(s, g2a_order_id=external)
-    assert len(staged) == 1
+        staged = webhooks.enqueue_orphans(s, resources.broker, g2a_order_id=external)
+    assert staged == [msg_id]
     assert _process(resources, msg_id).outcome == "processed"
     with resources.sessions() as s:
         assert s.get(Order, order_id).status is OrderStatus.FAILED  # type: ignore[union-attr]

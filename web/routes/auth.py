@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Header
+from fastapi import APIRouter, Header
 from pydantic import BaseModel, Field, field_validator
 
 from services import auth
@@ -41,7 +41,7 @@ def _auth_body(result: auth.AuthResult) -> dict[str, Any]:
 
 
 @router.post("/register", status_code=201)
-def register(body: RegisterIn, resources: ResourcesDep, tasks: BackgroundTasks) -> Any:
+def register(body: RegisterIn, resources: ResourcesDep) -> Any:
     try:
         result = auth.register(
             resources.sessions,
@@ -50,8 +50,6 @@ def register(body: RegisterIn, resources: ResourcesDep, tasks: BackgroundTasks) 
             email=body.email,
             password=body.password,
             name=body.name.strip(),
-            # After the response is sent: even a broker that hangs cannot slow registration.
-            defer=tasks.add_task,
         )
     except auth.EmailTaken:
         raise ApiError(409, "email_taken", "An account with this email already exists.") from None
