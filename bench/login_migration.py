@@ -9,7 +9,7 @@ burst), each with a guest session holding a 5-item cart, measured two ways in on
 - inline (baseline): the broker is unreachable, so login migrates before answering; the
   commit precedes the response, and the cost moves into the login latency instead.
 
-Logins call `services.auth.login` directly from client threads (no HTTP) with cheap argon2
+Logins call `services.accounts.auth.login` directly from client threads (no HTTP) with cheap argon2
 parameters, so the figures are about the migration path, not password hashing.
 
 Usage: python bench/login_migration.py [--logins 1000] [--clients 1 8] [--worker-threads 4]
@@ -59,7 +59,7 @@ def seed(sessions: Any, prefix: str, count: int, game_ids: list[uuid.UUID],
 def run_logins(resources: Any, broker: Any, logins: list[tuple[str, str]], clients: int,
                hasher: Any) -> dict[str, tuple[float, float, str]]:
     """session id -> (request start, response time, migration outcome)."""
-    from services import auth
+    from services.accounts import auth
 
     def one(login: tuple[str, str]) -> tuple[str, tuple[float, float, str]]:
         email, sid = login

@@ -42,9 +42,9 @@ from db.models import Game
 from db.session import make_engine, make_session_factory
 from g2a_sim import SimServer
 from keysync.logging import configure_logging
-from services import catalog_sync
 from services.cache import Cache, CacheOutbox, make_cache_redis
-from services.catalog_sync import (
+from services.catalog import sync as catalog_sync
+from services.catalog.sync import (
     SyncDeps,
     SyncResult,
     run_catalog_sync,

@@ -6,7 +6,7 @@ import uuid
 
 import dramatiq
 
-from services import email, migration
+from services.accounts import email, migration
 from worker import current_job
 
 

@@ -12,7 +12,7 @@ import dramatiq
 import structlog
 
 from keysync.resources import Resources
-from services.catalog_sync import (
+from services.catalog.sync import (
     LockHeld,
     SyncDeps,
     SyncResult,

@@ -7,8 +7,8 @@ import uuid
 import dramatiq
 import structlog
 
-from services.fulfilment import Fulfiller, Outcome
-from services.order_polling import poll_order_status as poll_service
+from services.orders.fulfilment import Fulfiller, Outcome
+from services.orders.polling import poll_order_status as poll_service
 from worker import current_job
 
 log = structlog.get_logger(__name__)

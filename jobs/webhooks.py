@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dramatiq
 
-from services import webhooks
+from services.webhooks import service as webhooks
 from worker import current_job
 
 

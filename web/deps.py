@@ -10,7 +10,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from keysync.resources import Resources
-from services import tokens
+from services.accounts import tokens
 from web.errors import ApiError
 
 

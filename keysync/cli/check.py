@@ -27,7 +27,7 @@ def check(as_json: bool, g2a_paid: int | None, no_cache: bool) -> None:
     """
     from db.session import make_engine, make_session_factory
     from keysync.resources import make_redis
-    from services.invariants import check as run_checks
+    from services.ops.invariants import check as run_checks
 
     settings = get_settings()
     settings.require("database_url")

@@ -71,7 +71,7 @@ def status(as_json: bool) -> None:
     """
     from db.session import make_engine, make_session_factory
     from keysync.resources import make_redis
-    from services.status import StatusSources, collect
+    from services.ops.status import StatusSources, collect
 
     settings = get_settings()
     settings.require("database_url", "redis_url", "broker_url")

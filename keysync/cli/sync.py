@@ -85,8 +85,8 @@ def _enqueue(kind: str, as_json: bool, allow_mass_removal: bool) -> None:
 def _run_here(kind: str, as_json: bool, allow_mass_removal: bool) -> int:
     from jobs.catalog import sync_deps
     from keysync.resources import Resources
-    from services.catalog_sync import LockHeld, run_catalog_sync, run_stock_check
-    from services.catalog_sync import Progress as RunProgress
+    from services.catalog.sync import LockHeld, run_catalog_sync, run_stock_check
+    from services.catalog.sync import Progress as RunProgress
     from worker import broker
 
     resources = Resources.build(get_settings(), broker, pool_size=2, name="keysync-cli")

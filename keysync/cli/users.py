@@ -45,7 +45,7 @@ def _print_user(payload: dict[str, object], as_json: bool, title: str) -> None:
 def create(email: str, password: str, name: str, balance: str, as_json: bool) -> None:
     """Create a user with EMAIL (no welcome email is sent)."""
     from db.session import make_engine, make_session_factory
-    from services import auth
+    from services.accounts import auth
 
     if "@" not in email.strip() or len(email.strip()) > 320:
         _fail(f"not an email address: {email!r}", as_json)
@@ -80,7 +80,7 @@ def create(email: str, password: str, name: str, balance: str, as_json: bool) ->
 def top_up(email: str, amount: str, as_json: bool) -> None:
     """Credit AMOUNT to the balance of the user with EMAIL."""
     from keysync.resources import Resources
-    from services import auth
+    from services.accounts import auth
 
     try:
         value: Decimal = auth.parse_amount(amount)

@@ -25,7 +25,7 @@ import redis as redis_lib
 from dramatiq.brokers.redis import RedisBroker
 
 from g2a_sim.server import SimServer
-from services import invariants
+from services.ops import invariants
 from tests.helpers import wait_until
 
 KEYSYNC = str(Path(sys.executable).with_name("keysync"))
@@ -104,7 +104,7 @@ def catalog_differences(sessions: Any, sim: SimServer, markup: Decimal = Decimal
     from sqlalchemy import select
 
     from db.models import Game
-    from services.catalog_sync import shop_price
+    from services.catalog.sync import shop_price
 
     with sessions() as session:
         games = {g.g2a_product_id: g for g in session.scalars(

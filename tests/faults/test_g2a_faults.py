@@ -15,10 +15,10 @@ from sqlalchemy import select
 
 from db.models import G2APurchase, G2APurchaseStatus, Game, Order, OrderItem, OrderStatus
 from g2a_sim.server import SimServer
-from services import orders
-from services.catalog_sync import SyncDeps, run_catalog_sync
-from services.fulfilment import Fulfiller, Outcome
+from services.catalog.sync import SyncDeps, run_catalog_sync
 from services.g2a import G2AClient, RateLimiter
+from services.orders import service as orders
+from services.orders.fulfilment import Fulfiller, Outcome
 from tests.faults.support import (
     Figures,
     catalog_differences,

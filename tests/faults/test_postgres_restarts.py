@@ -24,8 +24,9 @@ from db.models import Order, OrderStatus, User
 from g2a_sim.server import SimServer
 from keysync.embedded import EmbeddedPostgres
 from keysync.resources import Resources
-from services import orders, tokens
-from services.fulfilment import Fulfiller, Outcome
+from services.accounts import tokens
+from services.orders import service as orders
+from services.orders.fulfilment import Fulfiller, Outcome
 from tests.faults.support import Figures, check_invariants, sim_faults, sim_stats
 from tests.helpers import LiveServer, wait_until
 from tests.order_helpers import make_game, make_user, sim_client, sim_game

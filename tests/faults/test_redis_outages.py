@@ -27,10 +27,14 @@ from db.models import CartItem, Game, Order, OrderStatus, User, WebhookEvent, Wi
 from g2a_sim.server import SimServer
 from keysync.embedded import EmbeddedRedis
 from keysync.resources import Resources
-from services import job_outbox, order_status, orders, tokens, webhooks
+from services import job_outbox
+from services.accounts import tokens
 from services.cache import Cache, CacheOutbox, make_cache_redis
-from services.catalog_sync import Progress, SyncDeps, run_catalog_sync
+from services.catalog.sync import Progress, SyncDeps, run_catalog_sync
 from services.g2a import G2AClient, RateLimiter
+from services.orders import service as orders
+from services.orders import status as order_status
+from services.webhooks import service as webhooks
 from tests.faults.support import (
     Figures,
     catalog_differences,

@@ -15,7 +15,9 @@ import pytest
 from sqlalchemy import func, select
 
 from db.models import Order, OrderStatus, Transaction, TransactionType, WebhookEvent
-from services import order_status, orders, tokens
+from services.accounts import tokens
+from services.orders import service as orders
+from services.orders import status as order_status
 from tests.faults.support import Figures, check_invariants
 from tests.helpers import LiveServer, wait_until
 from tests.order_helpers import deliver_all, make_game, make_user, signed_headers, status_body

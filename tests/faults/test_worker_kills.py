@@ -19,8 +19,9 @@ from sqlalchemy import func, select
 
 from db.models import G2APurchase, G2APurchaseStatus, Game, Order, OrderItem, OrderStatus, SyncRun
 from g2a_sim.server import SimServer
-from services import job_outbox, orders
+from services import job_outbox
 from services.locks import SYNC_LOCK
+from services.orders import service as orders
 from tests.faults.support import (
     Figures,
     catalog_differences,

@@ -16,7 +16,7 @@ from schemathesis import GenerationMode
 from sqlalchemy import text
 
 from keysync.resources import Resources
-from services import tokens
+from services.accounts import tokens
 from tests.conftest import TABLES
 from tests.faults.support import Figures
 from tests.order_helpers import make_game

@@ -1,4 +1,4 @@
-"""Property tests of the order status state machine (`services.order_status.apply`, the one
+"""Property tests of the order status state machine (`services.orders.status.apply`, the one
 place a status changes) against a model of the contract's rules, on real Postgres."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from db.models import Order, OrderStatus, Transaction, TransactionType
-from services import invariants, order_status, orders
+from services.ops import invariants
+from services.orders import service as orders
+from services.orders import status as order_status
 from tests.order_helpers import balance, deliver_all, make_game, make_user
 
 STATUSES = st.sampled_from(list(OrderStatus))

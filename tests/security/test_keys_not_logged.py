@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from db.models import Order, OrderStatus
 from g2a_sim.server import SimServer
-from services import tokens
+from services.accounts import tokens
 from tests.faults.support import g2a_env, processes, start_worker, wait_until
 from tests.order_helpers import make_user, sim_game, sim_server
 from web.app import create_app

@@ -1,8 +1,8 @@
 """Bearer tokens at the HTTP boundary, and one user never reaching another's data.
 
-`tests/services/test_tokens.py` covers `services.tokens`; here every authenticated endpoint
-is called with each kind of bad token and must answer 401 and store nothing (a bad token
-never falls back to the guest session either).
+`tests/services/accounts/test_tokens.py` covers `services.accounts.tokens`; here every
+authenticated endpoint is called with each kind of bad token and must answer 401 and store
+nothing (a bad token never falls back to the guest session either).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jwt
 import pytest
 from fastapi.testclient import TestClient
 
-from services import tokens
+from services.accounts import tokens
 from tests.conftest import TABLES
 from tests.order_helpers import make_game, make_user
 from web.app import create_app

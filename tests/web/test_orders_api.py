@@ -14,8 +14,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from db.models import CartItem, G2APurchase, G2APurchaseStatus, OrderItem, OrderStatus
-from services import order_status, tokens
+from services.accounts import tokens
 from services.cache import keys as cache_keys
+from services.orders import status as order_status
 from tests.order_helpers import balance, make_game, make_user
 from web.app import create_app
 

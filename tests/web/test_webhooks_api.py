@@ -20,8 +20,12 @@ from sqlalchemy import func, select
 from db.models import Order, OrderStatus, Transaction, TransactionType, WebhookEvent
 from keysync.embedded import free_port
 from keysync.resources import Resources
-from services import invariants, order_status, orders, tokens, webhooks
-from services.fulfilment import Fulfiller, Outcome
+from services.accounts import tokens
+from services.ops import invariants
+from services.orders import service as orders
+from services.orders import status as order_status
+from services.orders.fulfilment import Fulfiller, Outcome
+from services.webhooks import service as webhooks
 from tests.helpers import LiveServer, wait_until
 from tests.order_helpers import (
     TEST_SECRETS,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header
 from pydantic import BaseModel, Field, field_validator
 
-from services import auth
+from services.accounts import auth
 from web.deps import ResourcesDep
 from web.errors import ApiError
 from web.routes.cart import parse_session_id

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header
 from pydantic import BaseModel, Field
 
-from services import cart
-from services.cart import Owner
+from services.cart import service as cart
+from services.cart.service import Owner
 from web.deps import OptionalUserIdDep, ResourcesDep, SessionDep
 from web.errors import ApiError
 

@@ -1,4 +1,4 @@
-"""Endpoints: games (CONTRACT §5), read through the cache over `services.games`."""
+"""Endpoints: games (CONTRACT §5), read through the cache over `services.games.service`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from services import games
 from services.cache import keys
+from services.games import service as games
 from web.deps import ResourcesDep, SessionDep
 from web.errors import ApiError
 

@@ -1,4 +1,4 @@
-"""Endpoints: orders (CONTRACT §5). Thin: validate, call services.orders, map refusals."""
+"""Endpoints: orders (CONTRACT §5). Thin: validate, call services.orders.service, map refusals."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field
 
-from services import orders
+from services.orders import service as orders
 from web.deps import ResourcesDep, SessionDep, UserIdDep
 from web.errors import ApiError
 

@@ -17,8 +17,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from services import webhooks
 from services.metrics import WEBHOOK_EVENTS
+from services.webhooks import service as webhooks
 from web.deps import ResourcesDep
 from web.errors import ApiError
 

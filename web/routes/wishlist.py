@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from services import cart, wishlist
+from services.cart import service as cart
+from services.cart import wishlist
 from web.deps import ResourcesDep, SessionDep
 from web.routes.cart import OwnerDep, item_errors
 

@@ -1,0 +1,1 @@
+"""Accounts: registration, login, tokens, welcome email, guest-data migration."""

@@ -1,0 +1,330 @@
+"""Accounts: registration, login (with guest-data migration), admin create and top-up.
+
+- Passwords are hashed with argon2id (argon2-cffi). Hashing happens outside any database
+  transaction so a pooled connection is never held for the ~50 ms it costs.
+- Emails are stored as typed (surrounding spaces stripped) and compared case-insensitively
+  in one place only: Postgres `lower()`. The unique index on lower(email) is the arbiter of
+  registration (two concurrent registrations of the same address give one user and one
+  EmailTaken, with no check-then-insert window), and every lookup compares
+  `lower(email) = lower(:typed)` in SQL. Python's `str.lower()` must never take part: it
+  differs from Postgres for some letters (final sigma, dotted capital I), so an address
+  could register and then never be found.
+- The welcome email is enqueued (`worker.enqueue`) inside the registration transaction and
+  sent right after commit: one LPUSH to a live broker, an instantly refused connection to a
+  dead one (the job then waits in the outbox for the relay). Sending never raises, so
+  nothing about email can fail a registration.
+- Login sends the guest migration with `send_now`, not after a commit: whether the broker
+  took it decides what the response says, and when it refuses the migration runs inline and
+  login still succeeds.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+import dramatiq
+import structlog
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from prometheus_client import Counter
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import Transaction, TransactionStatus, TransactionType, User
+from keysync.settings import Settings
+from services.accounts import migration, tokens
+from services.cache import Cache, keys
+from worker.enqueue import Actor, enqueue, send_now
+
+log = structlog.get_logger(__name__)
+
+# argon2id with the library's defaults (RFC 9106 low-memory profile).
+PASSWORD_HASHER = PasswordHasher()
+
+EMAIL_INDEX = "users_email_lower_key"
+MAX_BALANCE = Decimal("9999999999.99")  # numeric(12,2)
+WELCOME_SUBJECT = "Welcome to keysync"
+
+AUTH_EVENTS = Counter(
+    "keysync_auth_events_total", "Registrations and logins by outcome", ["event", "outcome"]
+)  # register: created | email_taken; login: ok | bad_credentials
+GUEST_MIGRATIONS_STARTED = Counter(
+    "keysync_guest_migrations_started_total", "Guest migrations started at login", ["mode"]
+)  # queued | inline (broker refused)
+
+MigrationOutcome = Literal["queued", "done", "none"]
+
+
+class EmailTaken(Exception):
+    """Another account already uses this email (compared case-insensitively)."""
+
+
+class InvalidCredentials(Exception):
+    """Unknown email or wrong password; deliberately not saying which."""
+
+
+class UserNotFound(Exception):
+    pass
+
+
+class InvalidAmount(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    user: User
+    token: str
+    migration: MigrationOutcome = "none"
+
+
+def user_view(user: User) -> dict[str, Any]:
+    """The contract's user shape `{id, email, name, balance}` (JSON-ready)."""
+    return {
+        "id": str(user.id),
+        "email": user.email,
+        "name": user.name,
+        "balance": str(user.balance),
+    }
+
+
+def normalise_email(email: str) -> str:
+    return email.strip()
+
+
+def email_matches(email: str) -> ColumnElement[bool]:
+    """The one email comparison: both sides folded by Postgres, as the unique index is."""
+    return func.lower(User.email) == func.lower(normalise_email(email))
+
+
+def find_user(session: Session, email: str) -> User | None:
+    return session.execute(select(User).where(email_matches(email))).scalar_one_or_none()
+
+
+def issue_token(settings: Settings, user_id: uuid.UUID) -> str:
+    return tokens.issue(user_id, settings.jwt_secret.get_secret_value(), settings.jwt_ttl_s)
+
+
+# --- registration ------------------------------------------------------------------------
+
+
+def register(
+    sessions: sessionmaker[Session],
+    broker: dramatiq.Broker,
+    settings: Settings,
+    *,
+    email: str,
+    password: str,
+    name: str = "",
+    hasher: PasswordHasher = PASSWORD_HASHER,
+) -> AuthResult:
+    """Create the user and enqueue the welcome email in one transaction; EmailTaken on a dup."""
+    email = normalise_email(email)
+    password_hash = hasher.hash(password)
+    with sessions() as session:
+        try:
+            with session.begin():
+                user = _insert_user(session, email, password_hash, name)
+                enqueue(session, broker, Actor.SEND_EMAIL, email, WELCOME_SUBJECT,
+                        _welcome_body(name))
+        except IntegrityError as exc:
+            _raise_if_email_taken(exc)
+            raise
+    AUTH_EVENTS.labels("register", "created").inc()
+    log.info("user registered", user_id=str(user.id))
+    return AuthResult(user=user, token=issue_token(settings, user.id))
+
+
+def _insert_user(session: Session, email: str, password_hash: str, name: str) -> User:
+    user = User(email=email, password_hash=password_hash, name=name, balance=Decimal("0.00"))
+    session.add(user)
+    session.flush()  # the unique index answers here, inside the transaction
+    return user
+
+
+def _raise_if_email_taken(exc: IntegrityError) -> None:
+    diag = getattr(exc.orig, "diag", None)
+    if getattr(diag, "constraint_name", None) == EMAIL_INDEX:
+        AUTH_EVENTS.labels("register", "email_taken").inc()
+        raise EmailTaken("email already registered") from None
+
+
+def _welcome_body(name: str) -> str:
+    greeting = f"Hi {name}," if name else "Hi,"
+    return f"{greeting}\n\nyour keysync account is ready. Happy gaming!\n"
+
+
+# --- login -------------------------------------------------------------------------------
+
+
+@functools.cache
+def _dummy_hash(hasher: PasswordHasher) -> str:
+    return hasher.hash("keysync-timing-equaliser")
+
+
+def login(
+    sessions: sessionmaker[Session],
+    cache: Cache,
+    broker: dramatiq.Broker,
+    settings: Settings,
+    *,
+    email: str,
+    password: str,
+    session_id: str | None = None,
+    hasher: PasswordHasher = PASSWORD_HASHER,
+) -> AuthResult:
+    """Verify the password, issue a token, and hand the guest's data to the user."""
+    with sessions() as session, session.begin():
+        user = find_user(session, email)
+    if user is None:
+        # Spend the same argon2 time as a real check so response timing does not reveal
+        # which emails have accounts.
+        _verify(hasher, _dummy_hash(hasher), password)
+        AUTH_EVENTS.labels("login", "bad_credentials").inc()
+        raise InvalidCredentials()
+    if not _verify(hasher, user.password_hash, password):
+        AUTH_EVENTS.labels("login", "bad_credentials").inc()
+        raise InvalidCredentials()
+    bound = log.bind(user_id=str(user.id))
+    if hasher.check_needs_rehash(user.password_hash):
+        _rehash(sessions, hasher, user, password)
+        bound.info("password rehashed with current parameters")
+    outcome: MigrationOutcome = "none"
+    if session_id is not None:
+        outcome = _start_migration(sessions, cache, broker, session_id, user.id, bound)
+    AUTH_EVENTS.labels("login", "ok").inc()
+    bound.info("user logged in", migration=outcome)
+    return AuthResult(user=user, token=issue_token(settings, user.id), migration=outcome)
+
+
+def _verify(hasher: PasswordHasher, password_hash: str, password: str) -> bool:
+    try:
+        return hasher.verify(password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def _rehash(
+    sessions: sessionmaker[Session], hasher: PasswordHasher, user: User, password: str
+) -> None:
+    new_hash = hasher.hash(password)
+    with sessions() as session, session.begin():
+        # Only if unchanged since we read it: a concurrent password change must win.
+        session.execute(
+            update(User)
+            .where(User.id == user.id, User.password_hash == user.password_hash)
+            .values(password_hash=new_hash)
+        )
+    user.password_hash = new_hash
+
+
+def _start_migration(
+    sessions: sessionmaker[Session],
+    cache: Cache,
+    broker: dramatiq.Broker,
+    session_id: str,
+    user_id: uuid.UUID,
+    bound: Any,
+) -> MigrationOutcome:
+    with sessions() as session, session.begin():
+        if not migration.has_guest_data(session, session_id):
+            return "none"
+    try:
+        send_now(broker, Actor.MIGRATE_GUEST_DATA, session_id, str(user_id))
+        GUEST_MIGRATIONS_STARTED.labels("queued").inc()
+        return "queued"
+    except Exception as exc:
+        # Deliberately not the outbox: the guest expects to see their cart now, not when the
+        # broker comes back. The migration is idempotent, so a message that did reach the
+        # broker despite the error is harmless.
+        bound.warning("broker unavailable; migrating guest data inline", error=str(exc))
+    GUEST_MIGRATIONS_STARTED.labels("inline").inc()
+    with sessions() as session:
+        migration.migrate_guest_data(session, cache, session_id, user_id)
+    return "done"
+
+
+# --- admin helpers (CLI) -----------------------------------------------------------------
+
+
+def parse_amount(value: str | Decimal, *, allow_zero: bool = False) -> Decimal:
+    """A money amount: finite, at most 2 decimals, > 0 (or >= 0), within numeric(12,2)."""
+    try:
+        amount = Decimal(value)
+    except (InvalidOperation, ValueError):
+        raise InvalidAmount(f"not a number: {value!r}") from None
+    if not amount.is_finite():
+        raise InvalidAmount("amount must be a finite number")
+    if amount.as_tuple().exponent < -2:  # type: ignore[operator]
+        raise InvalidAmount("amount has more than 2 decimal places")
+    if amount < 0 or (amount == 0 and not allow_zero):
+        raise InvalidAmount("amount must be positive")
+    if amount > MAX_BALANCE:
+        raise InvalidAmount(f"amount exceeds {MAX_BALANCE}")
+    return amount.quantize(Decimal("0.01"))
+
+
+def create_user(
+    sessions: sessionmaker[Session],
+    *,
+    email: str,
+    password: str,
+    name: str = "",
+    balance: Decimal = Decimal("0"),
+    hasher: PasswordHasher = PASSWORD_HASHER,
+) -> User:
+    """Admin create (no welcome email); an opening balance is booked as a TOP_UP."""
+    email = normalise_email(email)
+    balance = parse_amount(balance, allow_zero=True)
+    password_hash = hasher.hash(password)
+    with sessions() as session:
+        try:
+            with session.begin():
+                user = _insert_user(session, email, password_hash, name)
+                if balance > 0:
+                    _credit(session, user, balance)
+        except IntegrityError as exc:
+            _raise_if_email_taken(exc)
+            raise
+    log.info("user created", user_id=str(user.id), opening_balance=str(balance))
+    return user
+
+
+def top_up(
+    sessions: sessionmaker[Session], cache: Cache | None, *, email: str, amount: Decimal
+) -> User:
+    """Credit `amount` with a TOP_UP transaction, both in one database transaction."""
+    amount = parse_amount(amount)
+    with sessions() as session, session.begin():
+        user = session.execute(
+            select(User).where(email_matches(email)).with_for_update()
+        ).scalar_one_or_none()
+        if user is None:
+            raise UserNotFound(normalise_email(email))
+        if user.balance + amount > MAX_BALANCE:
+            raise InvalidAmount(f"balance would exceed {MAX_BALANCE}")
+        _credit(session, user, amount)
+    if cache is not None:
+        cache.invalidate([keys.user_transactions(user.id)])
+    log.info("balance topped up", user_id=str(user.id), amount=str(amount))
+    return user
+
+
+def _credit(session: Session, user: User, amount: Decimal) -> None:
+    session.add(
+        Transaction(
+            user_id=user.id,
+            type=TransactionType.TOP_UP,
+            amount=amount,
+            status=TransactionStatus.COMPLETED,
+        )
+    )
+    # Safe in Python: callers hold the row (locked FOR UPDATE, or inserted by this
+    # transaction), so no concurrent credit or debit can be lost between read and write.
+    user.balance = user.balance + amount
+    session.flush()

@@ -1,0 +1,1 @@
+"""Cart and wishlist: per-owner (user or guest session) items."""

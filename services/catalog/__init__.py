@@ -1,0 +1,1 @@
+"""Catalog: the G2A catalog sync and stock check (listing, writing, runs)."""

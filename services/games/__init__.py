@@ -1,0 +1,1 @@
+"""Games: the cached read side of the catalog for the API."""

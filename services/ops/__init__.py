@@ -1,0 +1,1 @@
+"""Operations: the status snapshot and the money/delivery invariant checker."""

@@ -1,0 +1,1 @@
+"""Webhooks: the verified, stored-once inbox and its processing."""
