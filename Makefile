@@ -27,9 +27,10 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict services
+	$(BIN)/mypy --strict services jobs worker web keysync
 
 check: lint typecheck test
 

@@ -91,13 +91,12 @@ def main() -> None:
         from dramatiq.middleware import Middleware
         from sqlalchemy import func, insert, select
 
-        import jobs  # noqa: F401  (declare the actors)
         from db.models import CartItem, Game
+        from jobs import broker  # declares the actors on it
         from keysync.embedded import free_port
         from keysync.resources import Resources
         from keysync.settings import get_settings
-        from worker import broker
-        from worker._broker import create_broker
+        from worker.broker import create_broker
 
         committed: dict[str, float] = {}
         done = threading.Condition()

@@ -43,15 +43,16 @@ from db.session import make_engine, make_session_factory
 from g2a_sim import SimServer
 from keysync.logging import configure_logging
 from services.cache import Cache, CacheOutbox, make_cache_redis
-from services.catalog import sync as catalog_sync
-from services.catalog.sync import (
+from services.catalog import (
     SyncDeps,
     SyncResult,
+    round_half_up,
     run_catalog_sync,
     run_stock_check,
     shop_price,
     shop_slug,
 )
+from services.catalog import writer as catalog_writer
 from services.g2a import G2AClient, RateLimiter
 
 MARKUP = Decimal("2")
@@ -107,11 +108,11 @@ Row = tuple[Any, ...]
 
 _TAIL = (
     "ON CONFLICT (g2a_product_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in catalog_sync._COMPARED.split(", "))
+    + ", ".join(f"{c} = excluded.{c}" for c in catalog_writer.COMPARED.split(", "))
     + ", synced_at = now(), updated_at = now() WHERE ("
-    + ", ".join(f"g.{c}" for c in catalog_sync._COMPARED.split(", "))
+    + ", ".join(f"g.{c}" for c in catalog_writer.COMPARED.split(", "))
     + ") IS DISTINCT FROM ("
-    + ", ".join(f"excluded.{c}" for c in catalog_sync._COMPARED.split(", "))
+    + ", ".join(f"excluded.{c}" for c in catalog_writer.COMPARED.split(", "))
     + ") RETURNING g.id, (xmax = 0)"
 )
 _COLS = ("id, g2a_product_id, slug, name, price, g2a_price, g2a_qty, in_stock, is_active, "
@@ -124,7 +125,7 @@ def fetch_rows(client: G2AClient, n: int) -> list[Row]:
         for p in client.list_products(page=page, include_out_of_stock=True).products:
             if p.g2a_price is None:
                 continue
-            g2a = catalog_sync.round_half_up(p.g2a_price)
+            g2a = round_half_up(p.g2a_price)
             rows.append((p.id, shop_slug(p.slug, p.id), p.name, shop_price(g2a, MARKUP), g2a,
                          p.qty, p.platform, p.region, p.image_url, p.updated_at))
     return rows
@@ -135,7 +136,7 @@ def write_unnest(sessions: sessionmaker[Session], batch: list[Row]) -> int:
     names = ("pid", "slug", "name", "price", "g2a_price", "qty", "platform", "region",
              "image_url", "g2a_updated_at")
     with sessions() as s, s.begin():
-        return len(s.execute(catalog_sync._UPSERT,
+        return len(s.execute(catalog_writer.UPSERT,
                              {k: list(v) for k, v in zip(names, cols, strict=True)}).all())
 
 

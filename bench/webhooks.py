@@ -56,13 +56,12 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
     import redis
     from sqlalchemy import func, insert, select, text
 
-    import jobs  # noqa: F401  (declare every actor)
     from db.models import Game, Order, OrderItem, OrderStatus, Transaction, User, WebhookEvent
     from g2a_sim.app import sign_webhook
+    from jobs import broker  # declares every actor on it
     from keysync.embedded import free_port
     from keysync.resources import Resources
     from keysync.settings import get_settings
-    from worker import broker
 
     settings = get_settings()
     secret = settings.webhook_secrets.get_secret_value().split()[0]
@@ -95,7 +94,7 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
     done = threading.Semaphore(0)
     latencies: list[float] = []
 
-    @dramatiq.actor(queue_name="bench_noop", max_retries=0)
+    @dramatiq.actor(broker=broker, queue_name="bench_noop", max_retries=0)
     def bench_noop(sent_at: float) -> None:
         latencies.append(time.time() - sent_at)
         done.release()

@@ -6,17 +6,18 @@ import uuid
 
 import dramatiq
 
+from jobs._broker import broker
 from services.accounts import email, migration
-from worker import current_job
+from worker.context import current_job
 
 
-@dramatiq.actor(max_retries=8, time_limit=60_000)
+@dramatiq.actor(broker=broker, max_retries=8, time_limit=60_000)
 def send_email(to: str, subject: str, body: str) -> None:
     """At-least-once: a redelivered message may send a duplicate, never lose the email."""
     email.send_email(current_job().resources.settings, to, subject, body)
 
 
-@dramatiq.actor(max_retries=10, time_limit=60_000)
+@dramatiq.actor(broker=broker, max_retries=10, time_limit=60_000)
 def migrate_guest_data(session_id: str, user_id: str) -> None:
     """Idempotent: a second delivery finds no guest rows and changes nothing."""
     job = current_job()

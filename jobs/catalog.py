@@ -11,20 +11,31 @@ from __future__ import annotations
 import dramatiq
 import structlog
 
+from jobs._broker import broker
 from keysync.resources import Resources
-from services.catalog.sync import (
+from services.catalog import (
     LockHeld,
     SyncDeps,
     SyncResult,
     run_catalog_sync,
     run_stock_check,
 )
-from worker import current_job
+from worker.context import current_job
+from worker.enqueue import Actor
+from worker.schedule import Every
 
 log = structlog.get_logger(__name__)
 
 # A full listing at 600 req/min takes about a minute per 10,000 products.
 _TIME_LIMIT_MS = 2 * 3600 * 1000
+
+SCHEDULE = (
+    # Scheduled syncs are full: they also catch products removed upstream, which an
+    # incremental (updated-since) listing cannot see. A late twice-a-day sync is far
+    # better than none, hence the long grace.
+    Every(Actor.CATALOG_SYNC, lambda settings: settings.sync_cron, grace_s=3600, args=(True,)),
+    Every(Actor.STOCK_CHECK, lambda settings: settings.stock_check_cron, grace_s=900),
+)
 
 
 def sync_deps(resources: Resources) -> SyncDeps:
@@ -43,7 +54,7 @@ def _log_outcome(result: SyncResult) -> None:
                                  if k != "error_detail"})
 
 
-@dramatiq.actor(max_retries=10, time_limit=_TIME_LIMIT_MS)
+@dramatiq.actor(broker=broker, max_retries=10, time_limit=_TIME_LIMIT_MS)
 def catalog_sync(full: bool = False, allow_mass_removal: bool = False) -> None:
     # `allow_mass_removal` (only from `keysync sync --full --allow-mass-removal`) travels
     # in this one message, so it lifts the removal guard for this run alone, deferred
@@ -68,7 +79,7 @@ def catalog_sync(full: bool = False, allow_mass_removal: bool = False) -> None:
     _log_outcome(result)
 
 
-@dramatiq.actor(max_retries=3, time_limit=_TIME_LIMIT_MS)
+@dramatiq.actor(broker=broker, max_retries=3, time_limit=_TIME_LIMIT_MS)
 def stock_check() -> None:
     job = current_job()
     try:

@@ -169,6 +169,18 @@ def _wait_for_port(
     raise EmbeddedError(f"server did not listen on port {port} within {timeout_s}s")
 
 
+def _stop(process: subprocess.Popen[bytes] | None, first: signal.Signals, timeout_s: float) -> None:
+    """Ask a server to stop with `first`; SIGKILL it if it has not within `timeout_s`."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(first)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class EmbeddedPostgres:
     data_dir: Path
@@ -274,13 +286,7 @@ class EmbeddedPostgres:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _stop(self.process, signal.SIGINT, 15)  # SIGINT: PostgreSQL's fast shutdown
         self.process = None
 
 
@@ -328,11 +334,5 @@ class EmbeddedRedis:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _stop(self.process, signal.SIGTERM, 10)
         self.process = None

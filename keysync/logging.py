@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 import structlog
+from structlog.types import EventDict
 
 _SECRET_WORDS = (
     "password",
@@ -25,7 +26,7 @@ _SECRET_WORDS = (
 )
 
 
-def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(_: Any, __: str, event: EventDict) -> EventDict:
     for name in event:
         lowered = name.lower()
         if any(word in lowered for word in _SECRET_WORDS) and name != "event":
@@ -79,5 +80,5 @@ def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
-def _noop(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _noop(_: Any, __: str, event: EventDict) -> EventDict:
     return event

@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-import dramatiq
 import httpx
 import redis
+from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,7 +33,7 @@ class Resources:
     sessions: sessionmaker[Session]
     redis: redis.Redis
     cache: Cache
-    broker: dramatiq.Broker
+    broker: RedisBroker
     _g2a_http: httpx.Client | None = field(default=None, repr=False)
     _g2a_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -41,7 +41,7 @@ class Resources:
     def build(
         cls,
         settings: Settings,
-        broker: dramatiq.Broker,
+        broker: RedisBroker,
         *,
         pool_size: int = 5,
         name: str = "keysync",

@@ -2,7 +2,7 @@
 
 Every other module receives what it needs from here; nothing else reads `os.environ`
 for configuration. A missing or malformed value aborts start-up with exit code 2 and a
-message naming the variable (see `keysync.cli`).
+message naming the variable (see `keysync.cli._group`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import functools
 import secrets
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal, get_args
 
 from apscheduler.triggers.cron import CronTrigger
 from cryptography.fernet import Fernet
@@ -123,11 +124,11 @@ class Settings(BaseSettings):
     sync_cron: str = "0 2,14 * * *"
     stock_check_cron: str = "*/15 * * * *"
 
-    email_backend: str = "log"
+    email_backend: Literal["log", "smtp"] = "log"
     smtp_url: SecretStr = SecretStr("")
 
-    log_format: str = "console"
-    log_level: str = "INFO"
+    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     keysync_data_dir: Path = Path(".keysync")
 
     @field_validator("database_url")
@@ -159,26 +160,17 @@ class Settings(BaseSettings):
         assert info.field_name is not None
         return SecretStr(validate_secret(info.field_name, value.get_secret_value()))
 
-    @field_validator("email_backend")
+    @field_validator("email_backend", "log_format", "log_level", mode="before")
     @classmethod
-    def _email_backend(cls, value: str) -> str:
-        if value not in ("log", "smtp"):
-            raise ValueError("must be 'log' or 'smtp'")
-        return value
-
-    @field_validator("log_format")
-    @classmethod
-    def _log_format(cls, value: str) -> str:
-        if value not in ("console", "json"):
-            raise ValueError("must be 'console' or 'json'")
-        return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _log_level(cls, value: str) -> str:
-        value = value.upper()
-        if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    def _one_of(cls, value: object, info: ValidationInfo) -> object:
+        # Before pydantic's own Literal check, for a message in the words of the others.
+        assert info.field_name is not None
+        choices = get_args(cls.model_fields[info.field_name].annotation)
+        if info.field_name == "log_level" and isinstance(value, str):
+            value = value.upper()
+        if value not in choices:
+            quoted = [repr(choice) for choice in choices]
+            raise ValueError(f"must be {', '.join(quoted[:-1])} or {quoted[-1]}")
         return value
 
     @model_validator(mode="after")

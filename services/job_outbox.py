@@ -12,7 +12,7 @@ actor fed through here is idempotent.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import dramatiq
 import structlog
@@ -24,8 +24,12 @@ from db.models import JobOutbox
 
 log = structlog.get_logger(__name__)
 
+# Actor arguments travel as JSON (outbox column and dramatiq message alike); anything else
+# (a UUID, a Decimal) is a type error here rather than a failed insert or a lost message.
+Arg: TypeAlias = str | int | float | bool | None
 
-def stage(session: Session, actor_name: str, *args: Any, queue_name: str = "default") -> int:
+
+def stage(session: Session, actor_name: str, *args: Arg, queue_name: str = "default") -> int:
     """Inside the caller's transaction: record a message to send after commit."""
     row_id = session.execute(
         insert(JobOutbox)
@@ -41,7 +45,7 @@ def _message(actor_name: str, queue_name: str, args: Sequence[Any]) -> Message[A
     )
 
 
-def send(broker: dramatiq.Broker, actor_name: str, *args: Any, queue_name: str = "default") -> None:
+def send(broker: dramatiq.Broker, actor_name: str, *args: Arg, queue_name: str = "default") -> None:
     """Enqueue directly, no outbox (write paths use `worker.enqueue.send_now`, typed)."""
     broker.enqueue(_message(actor_name, queue_name, args))
 

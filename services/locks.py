@@ -57,7 +57,6 @@ import secrets
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 import structlog
@@ -282,7 +281,7 @@ class RedisLock:
             raise LockNotAcquired(self.name)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 

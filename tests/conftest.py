@@ -188,7 +188,7 @@ def cache(redis_url: str, sessions: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def broker() -> Any:
-    from worker import broker as the_broker
+    from jobs import broker as the_broker  # the broker every actor is declared on
 
     return the_broker
 

@@ -1,5 +1,7 @@
 """Shared set-up for the order, fulfilment and webhook tests: real rows, real simulator.
 
+(Orders placed, fulfilled and checked through the real services: `tests/order_flows.py`.)
+
 Nothing here fakes our code: users and games are inserted as the catalog sync and
 registration would leave them, and the G2A side is `g2a_sim` over real HTTP.
 """
@@ -167,3 +169,4 @@ def deliver_all(resources: Any, order_id: uuid.UUID) -> None:
                     transaction_id=f"tx-{uuid.uuid4().hex[:12]}",
                     status=G2APurchaseStatus.DELIVERED, key_encrypted=fernet.encrypt(b"K-1"),
                 ))
+

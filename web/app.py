@@ -9,8 +9,8 @@ from fastapi import FastAPI
 
 from keysync.resources import Resources
 from keysync.settings import get_settings
-from web.errors import install_error_handlers
-from web.routes import auth, cart, games, health, metrics, orders, webhooks, wishlist
+from web.errors import error_responses, install_error_handlers
+from web.routes import auth, cart, games, health, metrics, orders, webhooks
 
 
 def create_app(resources: Resources | None = None) -> FastAPI:
@@ -20,23 +20,28 @@ def create_app(resources: Resources | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = resources is None
         if owned:
-            from worker import broker
+            from worker.broker import make_broker
 
             settings = get_settings()
             # Also when started as `uvicorn web.app:create_app` instead of `keysync serve`:
             # never sign tokens or verify webhooks without the operator's own secrets.
             settings.require_secrets()
             app.state.resources = Resources.build(
-                settings, broker, pool_size=10, name="keysync-web"
+                settings, make_broker(settings), pool_size=10, name="keysync-web"
             )
         yield
         if owned:
             app.state.resources.close()
+            app.state.resources.broker.close()
 
     app = FastAPI(title="keysync", version="0.1.0", lifespan=lifespan)
     if resources is not None:
         app.state.resources = resources
     install_error_handlers(app)
-    for module in (health, auth, cart, wishlist, games, orders, webhooks, metrics):
+    for module in (health, metrics):
         app.include_router(module.router)
+    # Any API route may refuse its input (400 unparseable, 422 invalid) or find Postgres down
+    # (503 + Retry-After); routes declare their own refusals on top.
+    for module in (auth, cart, games, orders, webhooks):
+        app.include_router(module.router, responses=error_responses(400, 422, 503))
     return app

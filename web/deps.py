@@ -1,4 +1,8 @@
-"""FastAPI dependencies: per-request session, process resources, the caller's identity."""
+"""FastAPI dependencies: per-request session, process resources, the caller's identity.
+
+Identity failures are `services.errors.Unauthorized` (401 with a Bearer challenge,
+decided in `web/errors.py`); the cart/wishlist owner rules are `services.cart.owner`'s.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from keysync.resources import Resources
 from services.accounts import tokens
-from web.errors import ApiError
+from services.cart.owner import Owner, parse_session_id
+from services.errors import Unauthorized
 
 
 def get_resources(request: Request) -> Resources:
@@ -36,31 +41,34 @@ def optional_user_id(
         return None
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "Authorization must be 'Bearer <token>'.",
-            {"WWW-Authenticate": "Bearer"},
-        )
-    try:
-        return tokens.verify(token, resources.settings.jwt_secret.get_secret_value())
-    except tokens.InvalidToken:
-        raise ApiError(
-            401, "unauthorized", "Invalid or expired token.", {"WWW-Authenticate": "Bearer"}
-        ) from None
+        raise Unauthorized("Authorization must be 'Bearer <token>'.")
+    return tokens.verify(token, resources.settings.jwt_secret.get_secret_value())
 
 
 def current_user_id(
     user_id: Annotated[uuid.UUID | None, Depends(optional_user_id)],
 ) -> uuid.UUID:
     if user_id is None:
-        raise ApiError(
-            401, "unauthorized", "Authentication required.", {"WWW-Authenticate": "Bearer"}
-        )
+        raise Unauthorized()
     return user_id
+
+
+def guest_session_id(x_session_id: Annotated[str | None, Header()] = None) -> str | None:
+    """The validated `X-Session-Id` (guest cart owner), None when absent."""
+    return parse_session_id(x_session_id)
+
+
+def current_owner(
+    user_id: Annotated[uuid.UUID | None, Depends(optional_user_id)],
+    x_session_id: Annotated[str | None, Header()] = None,
+) -> Owner:
+    """The signed-in user (the header is then ignored), else the guest session."""
+    return Owner.of(user_id, x_session_id)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 UserIdDep = Annotated[uuid.UUID, Depends(current_user_id)]
 OptionalUserIdDep = Annotated[uuid.UUID | None, Depends(optional_user_id)]
+GuestSessionIdDep = Annotated[str | None, Depends(guest_session_id)]
+OwnerDep = Annotated[Owner, Depends(current_owner)]

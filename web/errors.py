@@ -1,31 +1,100 @@
-"""One error shape for every response: {"error": {"code", "message"}}, never a stack trace."""
+"""The one place that turns refusals into HTTP answers.
+
+Every error body is `{"error": {"code", "message"}}`, never a stack trace. Services raise
+`DomainError`s that know nothing of HTTP; `STATUS_BY_ERROR` gives each its status and
+`HEADERS_BY_ERROR` any header it must carry. Lookups walk the class's MRO, so a subclass
+takes its base's row unless it has one of its own (`tests/web/test_errors.py` checks that
+every DomainError in `services` has a row more specific than `DomainError`'s).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.accounts import errors as accounts
+from services.cart import errors as cart
+from services.errors import DomainError, InvalidInput, Unauthorized
+from services.games import errors as games
+from services.orders import errors as orders
+from services.webhooks import errors as webhooks
+
 log = structlog.get_logger(__name__)
 
+BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
-class ApiError(Exception):
-    """Raise from an endpoint to answer with `status` and the standard error body."""
+STATUS_BY_ERROR: dict[type[DomainError], int] = {
+    DomainError: 400,
+    InvalidInput: 422,
+    Unauthorized: 401,
+    # accounts
+    accounts.EmailTaken: 409,
+    accounts.InvalidCredentials: 401,
+    accounts.UserNotFound: 404,
+    # cart
+    cart.InvalidSessionId: 400,
+    # games
+    games.GameNotFound: 404,
+    games.GameUnavailable: 409,
+    # orders
+    orders.OrderError: 400,
+    orders.EmptyOrder: 422,
+    orders.InsufficientBalance: 402,
+    orders.OrderNotFound: 404,
+    # webhooks
+    webhooks.WebhookRejected: 400,
+    webhooks.MalformedWebhook: 400,
+    webhooks.InvalidTimestamp: 400,
+    webhooks.InvalidSignature: 401,
+    webhooks.PayloadTooLarge: 413,
+}
 
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
+HEADERS_BY_ERROR: dict[type[DomainError], dict[str, str]] = {
+    Unauthorized: BEARER_CHALLENGE,
+    # orders
+    # webhooks
+}
+
+_V = TypeVar("_V")
+
+
+def _lookup(table: dict[type[DomainError], _V], error: type[DomainError]) -> _V | None:
+    for cls in error.__mro__:
+        if cls in table:
+            return table[cls]
+    return None
+
+
+def status_of(error: type[DomainError]) -> int:
+    return _lookup(STATUS_BY_ERROR, error) or 400
+
+
+def headers_of(error: type[DomainError]) -> dict[str, str] | None:
+    return _lookup(HEADERS_BY_ERROR, error)
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer (CONTRACT §5)."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for the error statuses a route may answer, all `ErrorBody`."""
+    return {status: {"model": ErrorBody} for status in statuses}
 
 
 def error_response(
@@ -56,9 +125,10 @@ def _is_nul_in_text(exc: DBAPIError) -> bool:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    @app.exception_handler(DomainError)
+    async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        kind = type(exc)
+        return error_response(status_of(kind), exc.code, exc.message, headers_of(kind))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

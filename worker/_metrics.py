@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import dramatiq
-from dramatiq.middleware import Middleware
 from prometheus_client import Counter, Histogram
+
+from worker._hooks import MessageHooks
 
 JOBS = Counter("keysync_jobs_total", "Jobs handled by outcome", ["actor", "outcome"])
 JOB_SECONDS = Histogram(
@@ -18,31 +16,14 @@ JOB_SECONDS = Histogram(
 )
 
 
-class MetricsMiddleware(Middleware):
+class MetricsMiddleware(MessageHooks):
     """Counts processed / failed / retried / skipped jobs and observes their duration."""
 
-    def __init__(self) -> None:
-        # Keyed by message id on the middleware, as dramatiq's Prometheus middleware does:
-        # `message.options` is copied into the message Retries re-enqueues (see
-        # LoggingContextMiddleware for why the id is a sufficient key).
-        self._started: dict[str, float] = {}
-
-    def before_process_message(
-        self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
-    ) -> None:
-        self._started[message.message_id] = time.perf_counter()
-
-    def after_process_message(
-        self,
-        broker: dramatiq.Broker,
-        message: dramatiq.MessageProxy,
-        *,
-        result: Any = None,
-        exception: BaseException | None = None,
-    ) -> None:
-        started = self._started.pop(message.message_id, None)
-        if started is not None:
-            JOB_SECONDS.labels(message.actor_name).observe(time.perf_counter() - started)
+    def finished(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy,
+                 exception: BaseException | None) -> None:
+        elapsed = self.elapsed_s(message)
+        if elapsed is not None:
+            JOB_SECONDS.labels(message.actor_name).observe(elapsed)
         if exception is None:
             JOBS.labels(message.actor_name, "processed").inc()
         else:
@@ -50,6 +31,5 @@ class MetricsMiddleware(Middleware):
             outcome = "failed" if message.failed else "retried"
             JOBS.labels(message.actor_name, outcome).inc()
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
-        self._started.pop(message.message_id, None)
+    def skipped(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         JOBS.labels(message.actor_name, "skipped").inc()

@@ -3,46 +3,29 @@ per message.
 
 Resources are built at worker boot and disposed at shutdown; every message gets a fresh
 `JobContext` (its own Session, closed afterwards even if the job raised) that actors
-fetch with `current_job()`. Actors stay thin: parse arguments, call one service.
+fetch with `worker.context.current_job()`.
 """
 
 from __future__ import annotations
 
-import contextvars
-from dataclasses import dataclass
-from typing import Any
-
 import dramatiq
-from dramatiq.middleware import Middleware
-from sqlalchemy.orm import Session
+from dramatiq.brokers.redis import RedisBroker
 
 from keysync.resources import Resources
 from keysync.settings import get_settings
+from worker import context
+from worker._hooks import MessageHooks
 
 
-@dataclass
-class JobContext:
-    resources: Resources
-    session: Session
-    message: dramatiq.Message[Any]
-
-
-_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("job", default=None)
-
-
-def current_job() -> JobContext:
-    job = _current.get()
-    if job is None:
-        raise RuntimeError("current_job() called outside a dramatiq message")
-    return job
-
-
-class ResourcesMiddleware(Middleware):
+class ResourcesMiddleware(MessageHooks):
     def __init__(self) -> None:
+        super().__init__()
         self.resources: Resources | None = None
 
     def _ensure(self, broker: dramatiq.Broker) -> Resources:
         if self.resources is None:
+            if not isinstance(broker, RedisBroker):
+                raise TypeError(f"keysync runs on a RedisBroker, not {type(broker).__name__}")
             settings = get_settings()
             # Also when started as `dramatiq jobs` instead of `keysync worker`.
             settings.require_secrets()
@@ -57,27 +40,13 @@ class ResourcesMiddleware(Middleware):
             self.resources.close()
             self.resources = None
 
-    def before_process_message(
-        self, broker: dramatiq.Broker, message: dramatiq.Message[Any]
-    ) -> None:
+    def started(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         resources = self._ensure(broker)
-        _current.set(JobContext(resources, resources.sessions(), message))
+        context.enter(context.JobContext(resources, resources.sessions(), message))
 
-    def after_process_message(
-        self,
-        broker: dramatiq.Broker,
-        message: dramatiq.Message[Any],
-        *,
-        result: Any = None,
-        exception: BaseException | None = None,
-    ) -> None:
-        self._close()
+    def finished(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy,
+                 exception: BaseException | None) -> None:
+        context.leave()
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        job = _current.get()
-        if job is not None:
-            job.session.close()
-            _current.set(None)
+    def skipped(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        context.leave()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Final, TypeAlias
+from typing import Final
 
 import dramatiq
 import structlog
@@ -32,6 +32,7 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, SessionTransaction
 
 from services import job_outbox
+from services.job_outbox import Arg as Arg  # re-exported: actor arguments
 
 log = structlog.get_logger(__name__)
 
@@ -50,10 +51,6 @@ class Actor(enum.StrEnum):
     REPLAY_CACHE_OUTBOX = "replay_cache_outbox"
     RELAY_JOB_OUTBOX = "relay_job_outbox"
 
-
-# Actor arguments travel as JSON (outbox column and dramatiq message alike); anything else
-# (a UUID, a Decimal) is a type error here rather than a failed insert or a lost message.
-Arg: TypeAlias = str | int | float | bool | None
 
 # Actors whose every message stands for a row the caller commits anyway and that a sweeper
 # re-sends while it is unprocessed (`webhook_events`, swept every minute): an outbox row

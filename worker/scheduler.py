@@ -2,7 +2,7 @@
 
 Every process runs the same BlockingScheduler, so each one is ready to fire on time the
 moment it becomes leader; `ScheduleRunner.fire` turns a standby's tick into a no-op and
-makes the leader's tick exactly-once (see `services.scheduling`). A separate thread runs
+makes the leader's tick exactly-once (see `worker.election`). A separate thread runs
 the election round every `standby_interval_s`; a new leader's first round fires the tick
 missed during failover.
 """
@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC
 from types import FrameType
+from typing import TypedDict, Unpack
 
 import dramatiq
 import redis
@@ -25,7 +26,8 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from services.scheduling import ScheduledJob, ScheduleRunner, default_jobs
+from worker.election import ScheduleRunner
+from worker.schedule import ScheduledJob
 
 log = structlog.get_logger(__name__)
 
@@ -94,46 +96,22 @@ class SchedulerProcess:
             self._aps.shutdown(wait=False)
 
 
-def build(
-    client: redis.Redis,
-    broker: dramatiq.Broker,
-    jobs: Sequence[ScheduledJob],
-    *,
-    leader_ttl_ms: int = 10_000,
-    standby_interval_s: float = 2.0,
-    identity: str | None = None,
-) -> SchedulerProcess:
-    runner = ScheduleRunner(
-        client,
-        broker,
-        jobs,
-        leader_ttl_ms=leader_ttl_ms,
-        standby_interval_s=standby_interval_s,
-    )
-    if identity is not None:
-        runner.identity = identity
-        runner.log = runner.log.bind(scheduler=identity)
-    return SchedulerProcess(runner)
+class RunnerOptions(TypedDict, total=False):
+    leader_ttl_ms: int
+    standby_interval_s: float
+    identity: str
 
 
-def main(
-    client: redis.Redis,
-    broker: dramatiq.Broker,
-    jobs: Sequence[ScheduledJob] | None = None,
-    *,
-    sync_cron: str = "0 2,14 * * *",
-    stock_check_cron: str = "*/15 * * * *",
-    leader_ttl_ms: int = 10_000,
-    standby_interval_s: float = 2.0,
-) -> None:
-    """Run in the foreground until SIGTERM/SIGINT; releases leadership on the way out."""
-    process = build(
-        client,
-        broker,
-        jobs or default_jobs(sync_cron, stock_check_cron),
-        leader_ttl_ms=leader_ttl_ms,
-        standby_interval_s=standby_interval_s,
-    )
+def build(client: redis.Redis, broker: dramatiq.Broker, jobs: Sequence[ScheduledJob],
+          **options: Unpack[RunnerOptions]) -> SchedulerProcess:
+    return SchedulerProcess(ScheduleRunner(client, broker, jobs, **options))
+
+
+def main(client: redis.Redis, broker: dramatiq.Broker, jobs: Sequence[ScheduledJob],
+         **options: Unpack[RunnerOptions]) -> None:
+    """Run `jobs` (`jobs.schedule(settings)` in production) in the foreground until
+    SIGTERM/SIGINT; releases leadership on the way out."""
+    process = build(client, broker, jobs, **options)
 
     def on_signal(signum: int, _: FrameType | None) -> None:
         log.info("scheduler stopping", signal=signal.Signals(signum).name)

@@ -1,53 +1,22 @@
-"""Long-running processes and schema: `db upgrade`, `worker`, `serve`, `g2a-sim`."""
+"""The long-running processes (the Procfile's and the simulator): `serve`, `worker`,
+`scheduler`, `g2a-sim`.
+
+Each checks the settings it needs before importing what connects anywhere, so a
+misconfigured process fails at once with exit 2 naming the variable.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 
-from keysync.cli import main
 from keysync.settings import get_settings
 
 
-@main.group()
-def db() -> None:
-    """Database schema."""
-
-
-@db.command("upgrade")
-def db_upgrade() -> None:
-    """Alembic migrations to head (idempotent; concurrent runs serialise)."""
-    from db.migrate import upgrade
-
-    settings = get_settings()
-    settings.require("database_url")
-    upgrade(settings.database_url)
-    click.echo("database at head")
-
-
-@main.command()
-@click.option("--processes", default=1, show_default=True, help="worker processes")
-@click.option("--threads", default=4, show_default=True, help="threads per process")
-def worker(processes: int, threads: int) -> None:
-    """Dramatiq worker for every actor of `jobs`."""
-    settings = get_settings()
-    settings.require_secrets()
-    settings.require("database_url", "redis_url", "broker_url")
-    args = [
-        "dramatiq",
-        "jobs",
-        "--processes",
-        str(processes),
-        "--threads",
-        str(threads),
-        "--skip-logging",
-    ]
-    os.execvp(sys.executable, [sys.executable, "-m", *args])
-
-
-@main.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
 @click.option("--workers", default=1, show_default=True, help="uvicorn worker processes")
@@ -58,18 +27,39 @@ def serve(host: str, port: int, workers: int) -> None:
     settings.require("database_url", "redis_url", "broker_url")
     import uvicorn
 
-    uvicorn.run(
-        "web.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-    )
+    uvicorn.run("web.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_config=None, access_log=False)
 
 
-@main.command("g2a-sim")
+@click.command()
+@click.option("--processes", default=1, show_default=True, help="worker processes")
+@click.option("--threads", default=4, show_default=True, help="threads per process")
+def worker(processes: int, threads: int) -> None:
+    """Dramatiq worker for every actor of `jobs`."""
+    settings = get_settings()
+    settings.require_secrets()
+    settings.require("database_url", "redis_url", "broker_url")
+    args = ["dramatiq", "jobs", "--processes", str(processes), "--threads", str(threads),
+            "--skip-logging"]
+    os.execvp(sys.executable, [sys.executable, "-m", *args])
+
+
+@click.command()
+def scheduler() -> None:
+    """Cron loop (CONTRACT §1); run several: one leader fires, the others stand by."""
+    settings = get_settings()
+    settings.require_secrets()
+    settings.require("redis_url", "broker_url")
+    # Imported only once the settings are known good: importing `jobs` (where each actor
+    # module declares its schedule) binds the broker the cron jobs are sent through.
+    from jobs import broker, schedule
+    from keysync.resources import make_redis
+    from worker.scheduler import main as run_scheduler
+
+    run_scheduler(make_redis(settings.redis_url), broker, schedule(settings))
+
+
+@click.command("g2a-sim")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True)
 @click.option("--products", default=1000, show_default=True)
@@ -82,15 +72,7 @@ def serve(host: str, port: int, workers: int) -> None:
     envvar="G2A_SIM_WEBHOOK_SECRET",
     help="whsec_ secret for the webhooks (default: first of WEBHOOK_SECRETS)",
 )
-def g2a_sim(
-    host: str,
-    port: int,
-    products: int,
-    seed: int,
-    rate_limit_per_min: int,
-    webhook_url: str | None,
-    webhook_secret: str | None,
-) -> None:
+def g2a_sim(webhook_secret: str | None, **options: Any) -> None:
     """A local G2A Export API simulator (CONTRACT §6) for tests, `keysync up` and benchmarks.
 
     \b
@@ -111,13 +93,12 @@ def g2a_sim(
     secret = webhook_secret or next(iter(settings.webhook_secrets.get_secret_value().split()),
                                     None)
     # Credentials default to the simulator's own unless G2A_* are set (then the two agree).
-    credentials = {
-        name: value
+    options.update(
+        (name, value)
         for name, value in (("email", settings.g2a_email),
                             ("api_hash", settings.g2a_api_hash.get_secret_value()),
                             ("api_secret", settings.g2a_api_secret.get_secret_value()))
         if value
-    }
-    run(host=host, port=port, products=products, seed=seed,
-        rate_limit_per_min=rate_limit_per_min, webhook_url=webhook_url, webhook_secret=secret,
-        **credentials)
+    )
+    # The options are run()'s own parameters, named alike: passed through as they are.
+    run(webhook_secret=secret, **options)

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from keysync.cli import EXIT_LOCKED, EXIT_OK, EXIT_PARTIAL, EXIT_UNREACHABLE, main
+from keysync.exit_codes import ExitCode
 from keysync.settings import get_settings
 
 _G2A_SETTINGS = ("g2a_api_url", "g2a_email", "g2a_api_hash", "g2a_api_secret")
@@ -26,7 +26,7 @@ _SUMMARY_FIELDS = ("run_id", "kind", "status", "added", "updated", "unchanged", 
                    "errors", "pages", "requests", "duration_s")
 
 
-@main.command("sync")
+@click.command("sync")
 @click.option("--full", is_flag=True, help="list the whole catalog and deactivate absent games")
 @click.option("--wait", is_flag=True, help="run in the foreground instead of enqueueing")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
@@ -46,7 +46,7 @@ def sync(full: bool, wait: bool, as_json: bool, allow_mass_removal: bool) -> Non
     _command("full" if full else "incremental", wait, as_json, allow_mass_removal)
 
 
-@main.command("stock-check")
+@click.command("stock-check")
 @click.option("--wait", is_flag=True, help="run in the foreground instead of enqueueing")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def stock_check(wait: bool, as_json: bool) -> None:
@@ -85,11 +85,12 @@ def _enqueue(kind: str, as_json: bool, allow_mass_removal: bool) -> None:
 def _run_here(kind: str, as_json: bool, allow_mass_removal: bool) -> int:
     from jobs.catalog import sync_deps
     from keysync.resources import Resources
-    from services.catalog.sync import LockHeld, run_catalog_sync, run_stock_check
-    from services.catalog.sync import Progress as RunProgress
-    from worker import broker
+    from services.catalog import LockHeld, run_catalog_sync, run_stock_check
+    from services.catalog import Progress as RunProgress
+    from worker.broker import make_broker
 
-    resources = Resources.build(get_settings(), broker, pool_size=2, name="keysync-cli")
+    settings = get_settings()
+    resources = Resources.build(settings, make_broker(settings), pool_size=2, name="keysync-cli")
     err = Console(stderr=True)
     bar = Progress(TextColumn(f"{kind} sync"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("pages · {task.fields[products]} products"), TimeElapsedColumn(),
@@ -114,12 +115,14 @@ def _run_here(kind: str, as_json: bool, allow_mass_removal: bool) -> int:
     finally:
         resources.close()
     payload = result.as_dict()
-    code = {"succeeded": EXIT_OK, "partial": EXIT_PARTIAL}.get(result.status, EXIT_UNREACHABLE)
+    code = {"succeeded": ExitCode.OK, "partial": ExitCode.PARTIAL}.get(
+        result.status, ExitCode.UNREACHABLE
+    )
     if as_json:
         click.echo(json.dumps(payload, default=str))
     else:
         _summary(payload)
-    if code != EXIT_OK:
+    if code != ExitCode.OK:
         err.print(f"[red]{kind} sync {result.status}[/]: {result.error_detail or ''}")
     return code
 
@@ -129,7 +132,7 @@ def _locked(kind: str, holder: str | None, as_json: bool, err: Console) -> int:
         click.echo(json.dumps({"run_id": None, "kind": kind, "status": "locked",
                                "error": "another sync holds lock:g2a:sync"}))
     err.print(f"[yellow]another sync or stock check holds lock:g2a:sync[/] (holder {holder})")
-    return EXIT_LOCKED
+    return ExitCode.LOCKED
 
 
 def _summary(payload: dict[str, Any]) -> None:

@@ -1,33 +1,48 @@
-"""Commands: `keysync user create` and `keysync user top-up` (admin helpers)."""
+"""Commands: `keysync user create` and `keysync user top-up` (admin helpers).
+
+The service validates every input (`services.accounts.validation`); its refusals, a taken
+email, an unknown user or bad input, are usage errors here: exit 2 with its message.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from decimal import Decimal
-from typing import NoReturn
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import click
 from rich.console import Console
 
-from keysync.cli import EXIT_CONFIG, main
+from keysync.exit_codes import ExitCode
 from keysync.settings import get_settings
 
 
-@main.group()
+@click.group()
 def user() -> None:
     """Create users and credit balances (a top-up is a TOP_UP transaction)."""
 
 
-def _fail(message: str, as_json: bool) -> NoReturn:
-    # Bad input (a taken email, an unknown user, a malformed amount) is a usage error: exit 2.
-    if as_json:
-        click.echo(json.dumps({"error": message}))
-    click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_CONFIG)
+@contextmanager
+def _refusals_exit_2(as_json: bool, amount_argument: str) -> Iterator[None]:
+    """A DomainError of the service becomes exit 2 with its message (and `{"error": …}` on
+    stdout with --json); an amount's message says which argument it is about."""
+    from services.accounts.errors import InvalidAmount
+    from services.errors import DomainError
+
+    try:
+        yield
+    except DomainError as exc:
+        message = exc.message
+        if isinstance(exc, InvalidAmount):
+            message = f"{amount_argument}: {message}"
+        if as_json:
+            click.echo(json.dumps({"error": message}))
+        click.echo(f"error: {message}", err=True)
+        sys.exit(ExitCode.CONFIG)
 
 
-def _print_user(payload: dict[str, object], as_json: bool, title: str) -> None:
+def _print_user(payload: Mapping[str, str], as_json: bool, title: str) -> None:
     if as_json:
         click.echo(json.dumps(payload))
         return
@@ -47,27 +62,19 @@ def create(email: str, password: str, name: str, balance: str, as_json: bool) ->
     from db.session import make_engine, make_session_factory
     from services.accounts import auth
 
-    if "@" not in email.strip() or len(email.strip()) > 320:
-        _fail(f"not an email address: {email!r}", as_json)
-    if len(password) < 8:
-        _fail("password must be at least 8 characters", as_json)
-    try:
-        opening = auth.parse_amount(balance, allow_zero=True)
-    except auth.InvalidAmount as exc:
-        _fail(f"--balance: {exc}", as_json)
     settings = get_settings()
     settings.require("database_url")
+    # No connection is made before the service has validated the input.
     engine = make_engine(settings.database_url, pool_size=1, application_name="keysync-cli")
     try:
-        created = auth.create_user(
-            make_session_factory(engine),
-            email=email,
-            password=password,
-            name=name,
-            balance=opening,
-        )
-    except auth.EmailTaken:
-        _fail(f"a user with email {email.strip()!r} already exists", as_json)
+        with _refusals_exit_2(as_json, "--balance"):
+            created = auth.create_user(
+                make_session_factory(engine),
+                email=email,
+                password=password,
+                name=name,
+                balance=balance,
+            )
     finally:
         engine.dispose()
     _print_user(auth.user_view(created), as_json, "created")
@@ -81,22 +88,14 @@ def top_up(email: str, amount: str, as_json: bool) -> None:
     """Credit AMOUNT to the balance of the user with EMAIL."""
     from keysync.resources import Resources
     from services.accounts import auth
+    from worker.broker import make_broker
 
-    try:
-        value: Decimal = auth.parse_amount(amount)
-    except auth.InvalidAmount as exc:
-        _fail(f"AMOUNT: {exc}", as_json)
     settings = get_settings()
-    from worker import broker
-
-    resources = Resources.build(settings, broker, pool_size=1, name="keysync-cli")
+    resources = Resources.build(settings, make_broker(settings), pool_size=1, name="keysync-cli")
     try:
-        # The cache is passed so the user's cached transaction list is invalidated.
-        credited = auth.top_up(resources.sessions, resources.cache, email=email, amount=value)
-    except auth.UserNotFound:
-        _fail(f"no user with email {email.strip()!r}", as_json)
-    except auth.InvalidAmount as exc:
-        _fail(f"AMOUNT: {exc}", as_json)
+        with _refusals_exit_2(as_json, "AMOUNT"):
+            # The cache is passed so the user's cached transaction list is invalidated.
+            credited = auth.top_up(resources.sessions, resources.cache, email=email, amount=amount)
     finally:
         resources.close()
     _print_user(auth.user_view(credited), as_json, "topped up")

@@ -23,8 +23,7 @@ from __future__ import annotations
 import functools
 import uuid
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from decimal import Decimal
 
 import dramatiq
 import structlog
@@ -38,6 +37,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import Transaction, TransactionStatus, TransactionType, User
 from keysync.settings import Settings
 from services.accounts import migration, tokens
+from services.accounts.errors import EmailTaken, InvalidAmount, InvalidCredentials, UserNotFound
+from services.accounts.schemas import MigrationOutcome, UserView
+from services.accounts.validation import (
+    MAX_BALANCE,
+    check_email,
+    check_name,
+    check_password,
+    normalise_email,
+    parse_amount,
+)
 from services.cache import Cache, keys
 from worker.enqueue import Actor, enqueue, send_now
 
@@ -47,7 +56,6 @@ log = structlog.get_logger(__name__)
 PASSWORD_HASHER = PasswordHasher()
 
 EMAIL_INDEX = "users_email_lower_key"
-MAX_BALANCE = Decimal("9999999999.99")  # numeric(12,2)
 WELCOME_SUBJECT = "Welcome to keysync"
 
 AUTH_EVENTS = Counter(
@@ -57,23 +65,10 @@ GUEST_MIGRATIONS_STARTED = Counter(
     "keysync_guest_migrations_started_total", "Guest migrations started at login", ["mode"]
 )  # queued | inline (broker refused)
 
-MigrationOutcome = Literal["queued", "done", "none"]
-
-
-class EmailTaken(Exception):
-    """Another account already uses this email (compared case-insensitively)."""
-
-
-class InvalidCredentials(Exception):
-    """Unknown email or wrong password; deliberately not saying which."""
-
-
-class UserNotFound(Exception):
-    pass
-
-
-class InvalidAmount(ValueError):
-    pass
+__all__ = [
+    "AuthResult", "EmailTaken", "InvalidAmount", "InvalidCredentials", "UserNotFound",
+    "create_user", "login", "parse_amount", "register", "top_up", "user_view",
+]
 
 
 @dataclass(frozen=True)
@@ -83,18 +78,9 @@ class AuthResult:
     migration: MigrationOutcome = "none"
 
 
-def user_view(user: User) -> dict[str, Any]:
-    """The contract's user shape `{id, email, name, balance}` (JSON-ready)."""
-    return {
-        "id": str(user.id),
-        "email": user.email,
-        "name": user.name,
-        "balance": str(user.balance),
-    }
-
-
-def normalise_email(email: str) -> str:
-    return email.strip()
+def user_view(user: User) -> dict[str, str]:
+    """The contract's user shape `{id, email, name, balance}`, JSON-ready (for the CLI)."""
+    return UserView.model_validate(user).model_dump(mode="json")
 
 
 def email_matches(email: str) -> ColumnElement[bool]:
@@ -124,8 +110,8 @@ def register(
     hasher: PasswordHasher = PASSWORD_HASHER,
 ) -> AuthResult:
     """Create the user and enqueue the welcome email in one transaction; EmailTaken on a dup."""
-    email = normalise_email(email)
-    password_hash = hasher.hash(password)
+    email, name = check_email(email), check_name(name)
+    password_hash = hasher.hash(check_password(password))
     with sessions() as session:
         try:
             with session.begin():
@@ -151,7 +137,7 @@ def _raise_if_email_taken(exc: IntegrityError) -> None:
     diag = getattr(exc.orig, "diag", None)
     if getattr(diag, "constraint_name", None) == EMAIL_INDEX:
         AUTH_EVENTS.labels("register", "email_taken").inc()
-        raise EmailTaken("email already registered") from None
+        raise EmailTaken() from None
 
 
 def _welcome_body(name: str) -> str:
@@ -229,7 +215,7 @@ def _start_migration(
     broker: dramatiq.Broker,
     session_id: str,
     user_id: uuid.UUID,
-    bound: Any,
+    bound: structlog.typing.FilteringBoundLogger,
 ) -> MigrationOutcome:
     with sessions() as session, session.begin():
         if not migration.has_guest_data(session, session_id):
@@ -250,23 +236,9 @@ def _start_migration(
 
 
 # --- admin helpers (CLI) -----------------------------------------------------------------
-
-
-def parse_amount(value: str | Decimal, *, allow_zero: bool = False) -> Decimal:
-    """A money amount: finite, at most 2 decimals, > 0 (or >= 0), within numeric(12,2)."""
-    try:
-        amount = Decimal(value)
-    except (InvalidOperation, ValueError):
-        raise InvalidAmount(f"not a number: {value!r}") from None
-    if not amount.is_finite():
-        raise InvalidAmount("amount must be a finite number")
-    if amount.as_tuple().exponent < -2:  # type: ignore[operator]
-        raise InvalidAmount("amount has more than 2 decimal places")
-    if amount < 0 or (amount == 0 and not allow_zero):
-        raise InvalidAmount("amount must be positive")
-    if amount > MAX_BALANCE:
-        raise InvalidAmount(f"amount exceeds {MAX_BALANCE}")
-    return amount.quantize(Decimal("0.01"))
+#
+# They take input as typed (strings are fine for amounts) and validate it here, raising
+# `InvalidInput` subclasses with messages a CLI can print as they are.
 
 
 def create_user(
@@ -275,43 +247,43 @@ def create_user(
     email: str,
     password: str,
     name: str = "",
-    balance: Decimal = Decimal("0"),
+    balance: Decimal | str = Decimal("0"),
     hasher: PasswordHasher = PASSWORD_HASHER,
 ) -> User:
     """Admin create (no welcome email); an opening balance is booked as a TOP_UP."""
-    email = normalise_email(email)
-    balance = parse_amount(balance, allow_zero=True)
-    password_hash = hasher.hash(password)
+    email, name = check_email(email), check_name(name)
+    opening = parse_amount(balance, allow_zero=True)
+    password_hash = hasher.hash(check_password(password))
     with sessions() as session:
         try:
             with session.begin():
                 user = _insert_user(session, email, password_hash, name)
-                if balance > 0:
-                    _credit(session, user, balance)
+                if opening > 0:
+                    _credit(session, user, opening)
         except IntegrityError as exc:
             _raise_if_email_taken(exc)
             raise
-    log.info("user created", user_id=str(user.id), opening_balance=str(balance))
+    log.info("user created", user_id=str(user.id), opening_balance=str(opening))
     return user
 
 
 def top_up(
-    sessions: sessionmaker[Session], cache: Cache | None, *, email: str, amount: Decimal
+    sessions: sessionmaker[Session], cache: Cache | None, *, email: str, amount: Decimal | str
 ) -> User:
     """Credit `amount` with a TOP_UP transaction, both in one database transaction."""
-    amount = parse_amount(amount)
+    credit = parse_amount(amount)
     with sessions() as session, session.begin():
         user = session.execute(
             select(User).where(email_matches(email)).with_for_update()
         ).scalar_one_or_none()
         if user is None:
-            raise UserNotFound(normalise_email(email))
-        if user.balance + amount > MAX_BALANCE:
+            raise UserNotFound(f"no user with email {normalise_email(email)!r}")
+        if user.balance + credit > MAX_BALANCE:
             raise InvalidAmount(f"balance would exceed {MAX_BALANCE}")
-        _credit(session, user, amount)
+        _credit(session, user, credit)
     if cache is not None:
         cache.invalidate([keys.user_transactions(user.id)])
-    log.info("balance topped up", user_id=str(user.id), amount=str(amount))
+    log.info("balance topped up", user_id=str(user.id), amount=str(credit))
     return user
 
 

@@ -15,17 +15,23 @@ After commit the four cache keys (both owners, cart and wishlist) are invalidate
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import delete, func, select
+from sqlalchemy import Row, delete, func, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from db.models import CartItem, Game, User, WishlistItem
-from services.cache import Cache, keys
-from services.cart.service import MAX_QUANTITY, is_buyable
+from services.cache import Cache
+from services.cart.owner import ItemModel, Owner
+from services.cart.schemas import MAX_QUANTITY
+from services.cart.service import CART
+from services.cart.wishlist import WISHLIST
+from services.games.service import Listed, is_buyable, is_listed
 
 log = structlog.get_logger(__name__)
 
@@ -54,12 +60,8 @@ class MigrationResult:
 
 
 def cache_keys_for(session_id: str, user_id: uuid.UUID) -> list[str]:
-    return [
-        keys.session_cart(session_id),
-        keys.session_wishlist(session_id),
-        keys.user_cart(user_id),
-        keys.user_wishlist(user_id),
-    ]
+    guest, user = Owner.guest(session_id), Owner.user(user_id)
+    return [store.key(owner) for owner in (guest, user) for store in (CART, WISHLIST)]
 
 
 def _advisory_lock(session: Session, name: str) -> None:
@@ -113,23 +115,44 @@ def migrate_guest_data(
     return result
 
 
+# The columns differ per table (the cart adds `quantity`); rows are read by name.
+GuestRow = Row[*tuple[Any, ...]]
+
+
+def _lock_guest_rows(
+    session: Session, model: ItemModel, session_id: str, *extra: InstrumentedAttribute[int]
+) -> Sequence[GuestRow]:
+    """The guest's rows with their game's availability, locked until commit."""
+    return session.execute(
+        select(model.id, model.game_id, *extra, Game.is_active, Game.in_stock)
+        .join(Game, Game.id == model.game_id)
+        .where(model.session_id == session_id)
+        .order_by(model.id)
+        .with_for_update(of=model)
+    ).all()
+
+
+def _keep_available(
+    rows: Sequence[GuestRow], must_be: Callable[[Listed], bool], result: MigrationResult
+) -> list[GuestRow]:
+    """The rows whose game passes `must_be`; the others are counted as skipped."""
+    available = []
+    for row in rows:
+        if must_be(row):
+            available.append(row)
+        else:
+            result.skipped_unavailable += 1
+            result.unavailable_game_ids.append(str(row.game_id))
+    return available
+
+
 def _migrate_cart(
     session: Session, session_id: str, user_id: uuid.UUID, result: MigrationResult
 ) -> None:
-    guest = session.execute(
-        select(CartItem.id, CartItem.game_id, CartItem.quantity, Game.is_active, Game.in_stock)
-        .join(Game, Game.id == CartItem.game_id)
-        .where(CartItem.session_id == session_id)
-        .order_by(CartItem.id)
-        .with_for_update(of=CartItem)
-    ).all()
+    guest = _lock_guest_rows(session, CartItem, session_id, CartItem.quantity)
     if not guest:
         return
-    available = [row for row in guest if is_buyable(row)]
-    for row in guest:
-        if not is_buyable(row):
-            result.skipped_unavailable += 1
-            result.unavailable_game_ids.append(str(row.game_id))
+    available = _keep_available(guest, is_buyable, result)
     if available:
         # Lock the user's lines we are about to merge into, so the counts we report match
         # what the upsert does even if the user edits the cart concurrently.
@@ -181,21 +204,11 @@ def _migrate_cart(
 def _migrate_wishlist(
     session: Session, session_id: str, user_id: uuid.UUID, result: MigrationResult
 ) -> None:
-    guest = session.execute(
-        select(WishlistItem.id, WishlistItem.game_id, Game.is_active)
-        .join(Game, Game.id == WishlistItem.game_id)
-        .where(WishlistItem.session_id == session_id)
-        .order_by(WishlistItem.id)
-        .with_for_update(of=WishlistItem)
-    ).all()
+    guest = _lock_guest_rows(session, WishlistItem, session_id)
     if not guest:
         return
     # Out-of-stock games stay wishable (see services.cart.wishlist); only delisted ones are dropped.
-    available = [row for row in guest if row.is_active]
-    for row in guest:
-        if not row.is_active:
-            result.skipped_unavailable += 1
-            result.unavailable_game_ids.append(str(row.game_id))
+    available = _keep_available(guest, is_listed, result)
     if available:
         inserted = session.execute(
             insert(WishlistItem)

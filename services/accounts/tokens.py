@@ -7,11 +7,11 @@ import uuid
 
 import jwt
 
+from services.accounts.errors import InvalidToken
+
+__all__ = ["ALGORITHM", "InvalidToken", "issue", "verify"]
+
 ALGORITHM = "HS256"
-
-
-class InvalidToken(Exception):
-    pass
 
 
 def issue(user_id: uuid.UUID, secret: str, ttl_s: int, *, now: dt.datetime | None = None) -> str:
@@ -28,4 +28,5 @@ def verify(token: str, secret: str) -> uuid.UUID:
         )
         return uuid.UUID(claims["sub"])
     except (jwt.PyJWTError, ValueError) as exc:
-        raise InvalidToken(str(exc)) from exc
+        # The reason stays in the cause for logs; the caller only learns "invalid or expired".
+        raise InvalidToken() from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 MINUTE = 60
@@ -39,50 +40,32 @@ def glob_escape(value: object) -> str:
     return _GLOB_SPECIAL.sub(r"\\\1", str(value))
 
 
-def game(game_id: object) -> str:
-    return f"game:{game_id}"
+def _key(template: str) -> Callable[[object], str]:
+    """A builder of one key: `template` with the id in place of `{}`."""
+    return lambda id_: template.format(id_)
+
+
+def _pattern(template: str) -> Callable[[object], str]:
+    """A builder of one pattern: `template` with the glob-escaped id in place of `{}`."""
+    return lambda id_: template.format(glob_escape(id_))
+
+
+game = _key("game:{}")
+user_cart = _key("user:{}:cart")
+user_wishlist = _key("user:{}:wishlist")
+user_orders = _key("user:{}:orders")
+user_transactions = _key("user:{}:transactions")
+order = _key("order:{}")
+session_cart = _key("session:{}:cart")
+session_wishlist = _key("session:{}:wishlist")
+# Every cache key of one user / guest session (when their whole view must go).
+user_pattern = _pattern("user:{}:*")
+session_pattern = _pattern("session:{}:*")
 
 
 def games_list(params: dict[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
     return f"{GAMES_LIST_PREFIX}{digest[:32]}"
-
-
-def user_cart(user_id: object) -> str:
-    return f"user:{user_id}:cart"
-
-
-def user_wishlist(user_id: object) -> str:
-    return f"user:{user_id}:wishlist"
-
-
-def user_orders(user_id: object) -> str:
-    return f"user:{user_id}:orders"
-
-
-def user_transactions(user_id: object) -> str:
-    return f"user:{user_id}:transactions"
-
-
-def order(order_id: object) -> str:
-    return f"order:{order_id}"
-
-
-def session_cart(session_id: object) -> str:
-    return f"session:{session_id}:cart"
-
-
-def session_wishlist(session_id: object) -> str:
-    return f"session:{session_id}:wishlist"
-
-
-def user_pattern(user_id: object) -> str:
-    """Every cache key of one user (used when a user's whole view must go)."""
-    return f"user:{glob_escape(user_id)}:*"
-
-
-def session_pattern(session_id: object) -> str:
-    return f"session:{glob_escape(session_id)}:*"
 
 
 def family_of(key_or_pattern: str) -> str | None:

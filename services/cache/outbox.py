@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 import structlog
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import CacheInvalidation
-
-if TYPE_CHECKING:
-    from services.cache.service import Cache
 
 log = structlog.get_logger(__name__)
 
@@ -33,8 +29,9 @@ class CacheOutbox:
         with self._sessions() as session:
             return int(session.scalar(select(func.count()).select_from(CacheInvalidation)) or 0)
 
-    def replay(self, cache: Cache) -> int:
-        """Apply and delete pending rows in batches; rows another replayer holds are skipped.
+    def replay(self, apply: Callable[[list[str], list[str]], object]) -> int:
+        """Apply (`apply(keys, patterns)`, the cache's own invalidation, raising while Redis
+        is down) and delete pending rows in batches; rows another replayer holds are skipped.
 
         Rows are deleted in the same transaction that applied them, after Redis accepted
         them, so a crash mid-replay applies a row twice (harmless) but never loses it.
@@ -52,7 +49,8 @@ class CacheOutbox:
                 ).all()
                 if not rows:
                     break
-                cache.apply_deferred([(r.target, r.is_pattern) for r in rows])
+                apply([r.target for r in rows if not r.is_pattern],
+                      [r.target for r in rows if r.is_pattern])
                 session.execute(
                     delete(CacheInvalidation).where(CacheInvalidation.id.in_([r.id for r in rows]))
                 )

@@ -113,16 +113,11 @@ def encode(value: object) -> str:
     return json.dumps(value, default=_json_default, separators=(",", ":"))
 
 
-def _gen_key(key: str) -> str:
-    return f"gen:{key}"
-
-
-def _family_gen_key(prefix: str) -> str:
-    return f"gen:family:{prefix}"
-
-
-def _tag_key(prefix: str) -> str:
-    return f"tag:{prefix}"
+# Bookkeeping keys beside the cached ones: generation counters per key and per family, and
+# each family's tag set of member keys.
+_gen_key = "gen:{}".format
+_family_gen_key = "gen:family:{}".format
+_tag_key = "tag:{}".format
 
 
 class Cache:
@@ -222,57 +217,63 @@ class Cache:
         return json.loads(payload)
 
     # --- invalidation ------------------------------------------------------------------
+    #
+    # One path: `_remove_keys` / `_remove_pattern` talk to Redis and raise CacheUnavailable;
+    # the public calls defer what failed to the outbox, and the outbox replay runs the same
+    # two functions (`_apply`) for the rows it holds.
 
     def invalidate(self, keys: Iterable[str]) -> int:
         """Remove exact keys (and bump their generations). Returns how many existed."""
         unique = list(dict.fromkeys(keys))
         if not unique:
             return 0
-        started = time.perf_counter()
         try:
-            removed = 0
-            for i in range(0, len(unique), _UNLINK_BATCH):
-                batch = unique[i : i + _UNLINK_BATCH]
-                removed += int(
-                    self._call(
-                        lambda b=batch: self._invalidate_keys(  # type: ignore[misc]
-                            keys=b, args=[GEN_TTL_MS]
-                        )
-                    )
-                )
+            return self._remove_keys(unique)
         except CacheUnavailable:
             self._defer(unique, is_pattern=False)
             return 0
+
+    def invalidate_pattern(self, pattern: str) -> int:
+        """Remove every key matching a glob pattern. Indexed families never scan."""
+        try:
+            return self._remove_pattern(pattern)
+        except CacheUnavailable:
+            self._defer([pattern], is_pattern=True)
+            return 0
+
+    def invalidate_all(self, keys: Sequence[str] = (), patterns: Sequence[str] = ()) -> int:
+        """The one call write paths make after commit: exact keys plus patterns."""
+        return self.invalidate(keys) + sum(self.invalidate_pattern(p) for p in patterns)
+
+    def _remove_keys(self, keys: list[str]) -> int:
+        started = time.perf_counter()
+        removed = 0
+        for i in range(0, len(keys), _UNLINK_BATCH):
+            batch = keys[i : i + _UNLINK_BATCH]
+            removed += int(self._call(
+                lambda b=batch: self._invalidate_keys(keys=b, args=[GEN_TTL_MS])  # type: ignore[misc]
+            ))
         elapsed = time.perf_counter() - started
         CACHE_INVALIDATION_SECONDS.labels("keys").observe(elapsed)
         log.info(
             "cache invalidated",
-            keys=unique if len(unique) <= 10 else len(unique),
+            keys=keys if len(keys) <= 10 else len(keys),
             removed=removed,
             latency_ms=round(elapsed * 1000, 3),
         )
         return removed
 
-    def invalidate_pattern(self, pattern: str) -> int:
-        """Remove every key matching a glob pattern. Indexed families never scan."""
+    def _remove_pattern(self, pattern: str) -> int:
         started = time.perf_counter()
         family = cache_keys.family_of(pattern)
-        try:
-            if family is not None and pattern == family + "*":
-                kind = "family"
-                removed = int(
-                    self._call(
-                        lambda: self._invalidate_family(
-                            keys=[_tag_key(family), _family_gen_key(family)]
-                        )
-                    )
-                )
-            else:
-                kind = "scan"
-                removed = self._call(lambda: self._scan_unlink(pattern))
-        except CacheUnavailable:
-            self._defer([pattern], is_pattern=True)
-            return 0
+        if family is not None and pattern == family + "*":
+            kind = "family"
+            removed = int(self._call(
+                lambda: self._invalidate_family(keys=[_tag_key(family), _family_gen_key(family)])
+            ))
+        else:
+            kind = "scan"
+            removed = self._call(lambda: self._scan_unlink(pattern))
         elapsed = time.perf_counter() - started
         CACHE_INVALIDATION_SECONDS.labels(kind).observe(elapsed)
         log.info(
@@ -284,9 +285,12 @@ class Cache:
         )
         return removed
 
-    def invalidate_all(self, keys: Sequence[str] = (), patterns: Sequence[str] = ()) -> int:
-        """The one call write paths make after commit: exact keys plus patterns."""
-        return self.invalidate(keys) + sum(self.invalidate_pattern(p) for p in patterns)
+    def _apply(self, keys: list[str], patterns: list[str]) -> None:
+        """Outbox rows against Redis now; raises CacheUnavailable (the rows stay) if it is down."""
+        if keys:
+            self._remove_keys(list(dict.fromkeys(keys)))
+        for pattern in dict.fromkeys(patterns):
+            self._remove_pattern(pattern)
 
     def _scan_unlink(self, pattern: str) -> int:
         removed = 0
@@ -319,7 +323,7 @@ class Cache:
             return False
         try:
             self._call(self._redis.ping)
-            self._outbox.replay(self)
+            self._outbox.replay(self._apply)
             self._needs_replay = False
             log.info("redis cache recovered; outbox replayed")
             return True
@@ -350,27 +354,4 @@ class Cache:
 
     def replay_outbox(self) -> int:
         """Apply the Postgres outbox now; raises CacheUnavailable while Redis is down."""
-        return 0 if self._outbox is None else self._outbox.replay(self)
-
-    def apply_deferred(self, targets: Sequence[tuple[str, bool]]) -> None:
-        """Apply outbox rows directly against Redis; raises CacheUnavailable if it is down."""
-        exact = [t for t, is_pattern in targets if not is_pattern]
-        for i in range(0, len(exact), _UNLINK_BATCH):
-            batch = exact[i : i + _UNLINK_BATCH]
-            self._call(
-                lambda b=batch: self._invalidate_keys(  # type: ignore[misc]
-                    keys=b, args=[GEN_TTL_MS]
-                )
-            )
-        for pattern, is_pattern in targets:
-            if not is_pattern:
-                continue
-            family = cache_keys.family_of(pattern)
-            if family is not None and pattern == family + "*":
-                self._call(
-                    lambda f=family: self._invalidate_family(  # type: ignore[misc]
-                        keys=[_tag_key(f), _family_gen_key(f)]
-                    )
-                )
-            else:
-                self._call(lambda p=pattern: self._scan_unlink(p))  # type: ignore[misc]
+        return 0 if self._outbox is None else self._outbox.replay(self._apply)

@@ -8,70 +8,47 @@ for. Adding twice is a no-op; removing an absent game is a no-op.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
-import structlog
-from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Game, WishlistItem
-from services.cache import Cache
-from services.cart.service import Owner, load_game, read_transaction
-
-log = structlog.get_logger(__name__)
-
-
-def get_wishlist(session: Session, cache: Cache, owner: Owner) -> Any:
-    """`{items: [{game_id, name, price, in_stock, is_active}]}` (JSON form)."""
-
-    def load() -> dict[str, Any]:
-        with read_transaction(session):
-            rows = session.execute(
-                select(WishlistItem.game_id, Game.name, Game.price, Game.in_stock,
-                       Game.is_active)
-                .join(Game, Game.id == WishlistItem.game_id)
-                .where(owner.where(WishlistItem))
-                .order_by(WishlistItem.created_at, WishlistItem.id)
-            ).all()
-        return {
-            "items": [
-                {
-                    "game_id": row.game_id,
-                    "name": row.name,
-                    "price": row.price,
-                    "in_stock": row.in_stock,
-                    "is_active": row.is_active,
-                }
-                for row in rows
-            ]
-        }
-
-    return cache.read_through(owner.wishlist_key, owner.wishlist_ttl, load)
+from services.cache import Cache, keys
+from services.cart.owner import Owner
+from services.cart.schemas import WishlistLine, WishlistView
+from services.cart.store import CacheKeys, ItemStore
+from services.games.service import is_listed
 
 
-def put_item(session: Session, cache: Cache, owner: Owner, game_id: uuid.UUID) -> Any:
+def load_wishlist(session: Session, owner: Owner) -> WishlistView:
+    """The owner's wishlist from Postgres, oldest entry first."""
+    rows = session.execute(
+        select(WishlistItem.game_id, Game.name, Game.price, Game.in_stock, Game.is_active)
+        .join(Game, Game.id == WishlistItem.game_id)
+        .where(owner.where(WishlistItem))
+        .order_by(WishlistItem.created_at, WishlistItem.id)
+    ).all()
+    return WishlistView(items=[WishlistLine.model_validate(dict(row._mapping)) for row in rows])
+
+
+WISHLIST = ItemStore(
+    "wishlist", WishlistItem, load_wishlist, WishlistView,
+    CacheKeys(keys.user_wishlist, keys.WISHLIST_TTL, keys.session_wishlist, keys.SESSION_TTL),
+    must_be=is_listed,  # a second put of the same game is a no-op
+)
+
+
+def get_wishlist(session: Session, cache: Cache, owner: Owner) -> WishlistView:
+    return WISHLIST.get(session, cache, owner)
+
+
+def put_item(session: Session, cache: Cache, owner: Owner, game_id: uuid.UUID) -> WishlistView:
     """Add `game_id` to the owner's wishlist; returns the new wishlist."""
-    columns, index_where = owner.index_target(WishlistItem)
-    with session.begin():
-        owner.ensure_exists(session)
-        load_game(session, game_id, require_stock=False)
-        session.execute(
-            insert(WishlistItem)
-            .values(**owner.values(), game_id=game_id)
-            .on_conflict_do_nothing(index_elements=columns, index_where=index_where)
-        )
-    cache.invalidate([owner.wishlist_key])
-    log.info("wishlist item added", game_id=str(game_id), **owner.log_context())
-    return get_wishlist(session, cache, owner)
+    return WISHLIST.put(session, cache, owner, game_id)
 
 
-def delete_item(session: Session, cache: Cache, owner: Owner, game_id: uuid.UUID) -> Any:
+def delete_item(
+    session: Session, cache: Cache, owner: Owner, game_id: uuid.UUID
+) -> WishlistView:
     """Remove `game_id` from the owner's wishlist (no-op when absent); returns the new one."""
-    with session.begin():
-        session.execute(
-            delete(WishlistItem).where(owner.where(WishlistItem), WishlistItem.game_id == game_id)
-        )
-    cache.invalidate([owner.wishlist_key])
-    log.info("wishlist item removed", game_id=str(game_id), **owner.log_context())
-    return get_wishlist(session, cache, owner)
+    return WISHLIST.delete(session, cache, owner, game_id)

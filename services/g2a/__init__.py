@@ -1,16 +1,6 @@
 """G2A Export API client: typed errors, shared Redis rate limit, one retry policy."""
 
-from services.g2a.client import (
-    CreatedOrder,
-    G2AClient,
-    G2AProduct,
-    OrderDetails,
-    Payment,
-    ProductPage,
-    auth_header,
-    make_client,
-    make_http,
-)
+from services.g2a.client import G2AClient, auth_header, make_client, make_http
 from services.g2a.errors import (
     G2AAuthError,
     G2ABadRequest,
@@ -23,6 +13,7 @@ from services.g2a.errors import (
     G2ARateLimited,
     G2AUnavailable,
 )
+from services.g2a.models import CreatedOrder, G2AProduct, OrderDetails, Payment, ProductPage
 from services.g2a.rate_limit import RateLimiter, RateLimitTimeout
 
 __all__ = [

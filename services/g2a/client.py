@@ -8,16 +8,14 @@ guess.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -28,11 +26,22 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tenacity.wait import wait_random_exponential
 
 from services.g2a.errors import (
-    G2AError,
     G2AProtocolError,
     G2ARateLimited,
     G2AUnavailable,
     error_for,
+    retry_after_seconds,
+)
+from services.g2a.models import (
+    G2A_DATETIME_FORMAT,
+    AnswerT,
+    CreatedOrder,
+    G2AProduct,
+    KeyAnswer,
+    OrderDetails,
+    Payment,
+    ProductPage,
+    parse_answer,
 )
 from services.g2a.rate_limit import RateLimiter
 from services.metrics import G2A_RATE_LIMITED, G2A_REQUEST_SECONDS, G2A_REQUESTS
@@ -42,7 +51,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("keysync.g2a")
 
-G2A_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 DEFAULT_TIMEOUT_S = 10.0
 # How long one call may wait for a shared rate-limit token before counting as rate limited.
 RATE_LIMIT_WAIT_S = 60.0
@@ -52,51 +60,6 @@ def auth_header(api_hash: str, email: str, api_secret: str) -> str:
     """The Export API's `Authorization` value: `{hash}, {sha256_hex(hash + email + secret)}`."""
     digest = hashlib.sha256(f"{api_hash}{email}{api_secret}".encode()).hexdigest()
     return f"{api_hash}, {digest}"
-
-
-@dataclass(frozen=True, slots=True)
-class G2AProduct:
-    id: str
-    name: str
-    slug: str
-    qty: int
-    min_price: Decimal | None
-    retail_min_price: Decimal | None
-    updated_at: datetime | None
-    platform: str | None
-    region: str | None
-    image_url: str | None
-
-    @property
-    def g2a_price(self) -> Decimal | None:
-        """What we pay G2A: the retail price, else the marketplace minimum."""
-        return self.retail_min_price if self.retail_min_price is not None else self.min_price
-
-
-@dataclass(frozen=True, slots=True)
-class ProductPage:
-    total: int
-    page: int
-    products: list[G2AProduct]
-
-
-@dataclass(frozen=True, slots=True)
-class CreatedOrder:
-    order_id: str
-    price: Decimal
-    currency: str
-
-
-@dataclass(frozen=True, slots=True)
-class Payment:
-    transaction_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class OrderDetails:
-    status: str
-    price: Decimal
-    currency: str
 
 
 class _UnparseableBody(G2AProtocolError):
@@ -167,14 +130,7 @@ class G2AClient:
         if product_id is not None:
             params["id"] = product_id
         data = self._call("GET", "/v1/products", "/v1/products", params=params)
-        docs = data.get("docs")
-        if not isinstance(docs, list):
-            raise G2AProtocolError("SHAPE", "products answer has no docs list")
-        return ProductPage(
-            total=_int(data, "total"),
-            page=_int(data, "page"),
-            products=[_product(doc) for doc in docs],
-        )
+        return parse_answer(ProductPage, data, "/v1/products")
 
     def get_product(self, product_id: str) -> G2AProduct | None:
         """One product by id (`GET /v1/products?id=`), out of stock included; None when
@@ -212,52 +168,28 @@ class G2AClient:
             "max_price": float(max_price.quantize(Decimal("0.01"))),
         }
         data = self._call("POST", "/v1/order", "/v1/order", json_body=body, idempotent=False)
-        return CreatedOrder(
-            order_id=_str(data, "order_id"),
-            price=_required_decimal(data, "price"),
-            currency=_str(data, "currency"),
-        )
+        return parse_answer(CreatedOrder, data, "/v1/order")
 
     def pay_order(self, order_id: str) -> Payment:
         # PUT is idempotent: paying a paid order answers the same transaction, not a second
         # charge, so retrying after a timeout is safe.
-        data = self._call(
-            "PUT",
-            f"/v1/order/pay/{quote(order_id, safe='')}",
-            "/v1/order/pay/{order_id}",
-            order_id=order_id,
-        )
-        if data.get("status") is not True:
-            raise G2AProtocolError("SHAPE", "payment answer without status true")
-        return Payment(transaction_id=_str(data, "transaction_id"))
+        return self._order_call("PUT", "/v1/order/pay/{order_id}", order_id, Payment)
 
     def order_details(self, order_id: str) -> OrderDetails:
-        data = self._call(
-            "GET",
-            f"/v1/order/details/{quote(order_id, safe='')}",
-            "/v1/order/details/{order_id}",
-            order_id=order_id,
-        )
-        return OrderDetails(
-            status=_str(data, "status"),
-            price=_required_decimal(data, "price"),
-            currency=_str(data, "currency"),
-        )
+        return self._order_call("GET", "/v1/order/details/{order_id}", order_id, OrderDetails)
 
     def get_key(self, order_id: str) -> str:
         # G2A hands a key out once. A retry after a lost answer therefore ends in ORD04
         # (G2AKeyAlreadyDownloaded), exactly as a later manual retry would; retrying still
         # wins whenever the first attempt never reached G2A.
-        data = self._call(
-            "GET",
-            f"/v1/order/key/{quote(order_id, safe='')}",
-            "/v1/order/key/{order_id}",
-            order_id=order_id,
-        )
-        key = data.get("key")
-        if not isinstance(key, str) or not key:
-            raise G2AProtocolError("SHAPE", "key answer without a key")
-        return key
+        return self._order_call("GET", "/v1/order/key/{order_id}", order_id, KeyAnswer).key
+
+    def _order_call(self, method: str, endpoint: str, order_id: str,
+                    answer: type[AnswerT]) -> AnswerT:
+        """A call on one G2A order: `endpoint` is the path template (and the metrics label)."""
+        path = endpoint.format(order_id=quote(order_id, safe=""))
+        data = self._call(method, path, endpoint, order_id=order_id)
+        return parse_answer(answer, data, endpoint)
 
     # -- transport --------------------------------------------------------------------
 
@@ -369,7 +301,7 @@ class G2AClient:
                 code if isinstance(code, str) and code else None,
                 message if isinstance(message, str) else f"HTTP {status} {response.reason_phrase}",
                 status,
-                _retry_after(response.headers.get("Retry-After")),
+                retry_after_seconds(response.headers.get("Retry-After")),
             )
             bound.warning(
                 "g2a.request", status=status, latency_ms=latency_ms, error_code=error.code
@@ -422,22 +354,6 @@ def _retryable(exc: BaseException, idempotent: bool) -> bool:
     return False
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 def _format_datetime(value: datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("datetimes sent to G2A must be timezone-aware")
@@ -448,94 +364,8 @@ def _format_price(value: Decimal) -> str:
     return str(value.quantize(Decimal("0.01")))
 
 
-def _str(data: Mapping[str, Any], field: str) -> str:
-    value = data.get(field)
-    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
-        raise G2AProtocolError("SHAPE", f"field {field!r} missing or not a string")
-    return str(value)
-
-
-def _optional_str(data: Mapping[str, Any], field: str) -> str | None:
-    value = data.get(field)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise G2AProtocolError("SHAPE", f"field {field!r} is not a string")
-    return value
-
-
-def _int(data: Mapping[str, Any], field: str) -> int:
-    value = data.get(field)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    if isinstance(value, Decimal) and value == value.to_integral_value():
-        return int(value)
-    raise G2AProtocolError("SHAPE", f"field {field!r} missing or not an integer")
-
-
-def _decimal(data: Mapping[str, Any], field: str) -> Decimal | None:
-    value = data.get(field)
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise G2AProtocolError("SHAPE", f"field {field!r} is not a number")
-    try:
-        result = Decimal(value) if isinstance(value, Decimal | int | str) else None
-    except InvalidOperation:
-        result = None
-    if result is None or not result.is_finite() or result < 0:
-        raise G2AProtocolError("SHAPE", f"field {field!r} is not a price")
-    return result
-
-
-def _required_decimal(data: Mapping[str, Any], field: str) -> Decimal:
-    value = _decimal(data, field)
-    if value is None:
-        raise G2AProtocolError("SHAPE", f"field {field!r} missing")
-    return value
-
-
-def _datetime(data: Mapping[str, Any], field: str) -> datetime | None:
-    value = _optional_str(data, field)
-    if value is None:
-        return None
-    try:
-        return datetime.strptime(value, G2A_DATETIME_FORMAT).replace(tzinfo=UTC)
-    except ValueError as exc:
-        raise G2AProtocolError("SHAPE", f"field {field!r} is not yyyy-mm-dd hh:mm:ss") from exc
-
-
-def _product(doc: object) -> G2AProduct:
-    if not isinstance(doc, dict):
-        raise G2AProtocolError("SHAPE", "product doc is not an object")
-    return G2AProduct(
-        id=_str(doc, "id"),
-        name=_str(doc, "name"),
-        slug=_str(doc, "slug"),
-        qty=_int(doc, "qty"),
-        min_price=_decimal(doc, "minPrice"),
-        retail_min_price=_decimal(doc, "retail_min_price"),
-        updated_at=_datetime(doc, "updated_at"),
-        platform=_optional_str(doc, "platform"),
-        region=_optional_str(doc, "region"),
-        image_url=(
-            _optional_str(doc, "coverImage")
-            or _optional_str(doc, "smallImage")
-            or _optional_str(doc, "thumbnail")
-        ),
-    )
-
-
 __all__ = [
-    "CreatedOrder",
     "G2AClient",
-    "G2AError",
-    "G2AProduct",
-    "OrderDetails",
-    "Payment",
-    "ProductPage",
     "auth_header",
     "make_client",
     "make_http",

@@ -6,6 +6,9 @@ Callers decide what to do from the class (retry later, fail the order, alert an 
 
 from __future__ import annotations
 
+import email.utils
+from datetime import UTC, datetime
+
 
 class G2AError(Exception):
     """Any error answered by (or on the way to) the G2A Export API."""
@@ -107,3 +110,21 @@ def error_for(
     if cls is G2ARateLimited:
         return G2ARateLimited(final_code, message, http_status, retry_after=retry_after)
     return cls(final_code, message, http_status)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A `Retry-After` header (seconds, or an HTTP date) as seconds from now; None if absent
+    or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

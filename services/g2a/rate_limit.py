@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from services.g2a.errors import G2ARateLimited
 
@@ -72,7 +72,7 @@ class RateLimiter:
         self.burst = burst if burst is not None else max(1.0, self.rate_per_s * 2)
         self.key = key
         self._sleep = sleep
-        self._script: Any = redis_client.register_script(_TAKE_TOKEN)
+        self._script: Script = redis_client.register_script(_TAKE_TOKEN)
 
     def try_acquire(self) -> float:
         """Take a token if one is there; return 0.0, or the seconds to wait before retrying."""

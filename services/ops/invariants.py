@@ -19,7 +19,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis
 from sqlalchemy import text
@@ -168,20 +168,21 @@ _SCAN_PATTERNS = ("game:*", "order:*", "user:*", "session:*")
 
 @dataclass
 class InvariantReport:
-    violations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # check name -> offending rows, every value as text
+    violations: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     checked: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     cache_entries_compared: int = 0
     # paid at G2A = delivered + kept_for_support + awaiting_key + key_lost (and `total`)
     g2a_paid: dict[str, int] = field(default_factory=dict)
     # units paid at G2A, order final, key not held: listed for operators (see the query)
-    paid_keys_not_fetched: list[dict[str, Any]] = field(default_factory=list)
+    paid_keys_not_fetched: list[dict[str, str | None]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not any(self.violations.values())
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         return {"ok": self.ok, "checked": self.checked,
                 "violations": {k: v for k, v in self.violations.items() if v},
                 "skipped": self.skipped, "cache_entries_compared": self.cache_entries_compared,
@@ -192,7 +193,7 @@ class _LoadOnly(Cache):
     """A cache that always runs the loader: the service's own read path minus Redis, so a
     recomputed value has exactly the JSON form a fresh cache fill would store."""
 
-    def read_through(self, key: str, ttl_s: int, loader: Callable[[], T]) -> Any:
+    def read_through(self, key: str, ttl_s: int, loader: Callable[[], T]) -> object:
         return json.loads(encode(loader()))
 
 
@@ -200,13 +201,15 @@ class _Missing(Exception):
     """The loader found no row: any cached entry for it is stale."""
 
 
-def _loader_for(key: str, session: Session, uncached: Cache) -> Callable[[], Any] | None:
+def _loader_for(key: str, session: Session, uncached: Cache) -> Callable[[], object] | None:
     """The service read that fills `key`, or None for keys this checker does not cover."""
     from services.cart import service as cart
     from services.cart import wishlist
     from services.cart.service import Owner
     from services.games import service as games
-    from services.orders import service as orders
+    from services.games.errors import GameNotFound
+    from services.orders import queries as orders
+    from services.orders.errors import OrderNotFound
 
     match = _CACHED_KEY.match(key)
     if match is None:
@@ -214,20 +217,20 @@ def _loader_for(key: str, session: Session, uncached: Cache) -> Callable[[], Any
     if match["game"]:
         game_id = uuid.UUID(match["game"])
 
-        def game() -> Any:
+        def game() -> object:
             try:
-                return json.loads(encode(games.load_game(session, game_id)))
-            except games.GameNotFound:
+                return games.load_game_view(session, game_id).model_dump(mode="json")
+            except GameNotFound:
                 raise _Missing(key) from None
 
         return game
     if match["order"]:
         order_id = uuid.UUID(match["order"])
 
-        def order() -> Any:
+        def order() -> object:
             try:
-                return json.loads(encode(orders.load_order(session, order_id)))
-            except orders.OrderNotFound:
+                return orders.load_order(session, order_id).to_cache()
+            except OrderNotFound:
                 raise _Missing(key) from None
 
         return order
@@ -238,15 +241,15 @@ def _loader_for(key: str, session: Session, uncached: Cache) -> Callable[[], Any
         owner = Owner.guest(match["session"])
         view = match["session_view"]
     if view == "cart":
-        return lambda: cart.get_cart(session, uncached, owner)
+        return lambda: cart.get_cart(session, uncached, owner).model_dump(mode="json")
     if view == "wishlist":
-        return lambda: wishlist.get_wishlist(session, uncached, owner)
+        return lambda: wishlist.get_wishlist(session, uncached, owner).model_dump(mode="json")
     user_id = owner.user_id
     assert user_id is not None
-    return lambda: json.loads(encode(orders.load_user_orders(session, user_id)))
+    return lambda: orders.load_user_orders(session, user_id).to_cache()
 
 
-def _first_difference(cached: Any, fresh: Any, path: str = "") -> str:
+def _first_difference(cached: object, fresh: object, path: str = "") -> str:
     """Where two JSON values part, for a readable violation."""
     if isinstance(cached, dict) and isinstance(fresh, dict):
         for name in sorted(set(cached) | set(fresh)):
@@ -259,14 +262,14 @@ def _first_difference(cached: Any, fresh: Any, path: str = "") -> str:
     return f"{path or '.'}: cached {json.dumps(cached)[:200]} != postgres {json.dumps(fresh)[:200]}"
 
 
-def check_cache(session: Session, client: redis.Redis) -> tuple[list[dict[str, Any]], int]:
+def check_cache(session: Session, client: redis.Redis) -> tuple[list[dict[str, str]], int]:
     """Stale cache entries (key, where they differ) and how many entries were compared.
 
     Raises redis.RedisError when Redis cannot be read.
     """
     pending = session.execute(text("SELECT COUNT(*) FROM cache_invalidations")).scalar_one()
     session.rollback()
-    stale: list[dict[str, Any]] = []
+    stale: list[dict[str, str]] = []
     if pending:
         # Reads bypass the cache until the outbox is replayed, so entries are not served;
         # but "after recovery" means the outbox has been drained.

@@ -7,17 +7,15 @@ intact and vice versa. The shape never changes: a section that could not be read
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import redis
 import structlog
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import (
@@ -28,37 +26,15 @@ from db.models import (
     SyncStatus,
     WebhookEvent,
 )
-from services import scheduling
-from services.catalog.sync import REMOVAL_GUARD_DETAIL
+from services.catalog import REMOVAL_GUARD_DETAIL, SYNC_PROGRESS
 from services.locks import SYNC_FENCE, SYNC_LOCK
+from services.ops.probes import probe_database, probe_redis
+from worker.election import read_state as scheduler_state
+from worker.inspect import BrokerInspector
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-
-SYNC_PROGRESS = "g2a:sync:progress"
-BROKER_NAMESPACE = "dramatiq"
-# Dead letters are decoded to count them per actor; past this many we report a lower bound.
-_MAX_DEAD_SCANNED = 10_000
-
-
-@dataclass
-class Probe:
-    ok: bool = False
-    latency_ms: float | None = None
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "latency_ms": self.latency_ms, "error": self.error}
-
-
-def _probe(fn: Callable[[], object]) -> Probe:
-    started = time.perf_counter()
-    try:
-        fn()
-    except Exception as exc:
-        return Probe(False, None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-    return Probe(True, round((time.perf_counter() - started) * 1000, 2))
 
 
 @dataclass
@@ -88,13 +64,9 @@ def _read(sources: StatusSources, name: str, reader: Callable[[], T]) -> T | Non
 def collect(sources: StatusSources, *, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
 
-    def ping_db() -> None:
-        with sources.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-
-    db = _probe(ping_db)
-    cache_redis = _probe(sources.cache_redis.ping)
-    broker = _probe(sources.broker_redis.ping)
+    db = probe_database(sources.engine)
+    cache_redis = probe_redis(sources.cache_redis)
+    broker = probe_redis(sources.broker_redis)
 
     def in_db(fn: Callable[[Session], T]) -> Callable[[], T]:
         def run() -> T:
@@ -130,14 +102,14 @@ def collect(sources: StatusSources, *, now: datetime | None = None) -> dict[str,
         "scheduler": None,
     }
     if broker.ok:
-        report["queues"] = _read(sources, "queues", lambda: queue_depths(sources.broker_redis))
-        report["dead_letters"] = _read(
-            sources, "dead_letters", lambda: dead_letters(sources.broker_redis)
-        )
+        inspector = BrokerInspector(sources.broker_redis)
+        report["queues"] = _read(sources, "queues", lambda: {
+            queue: depth.as_dict() for queue, depth in inspector.depths().items()})
+        report["dead_letters"] = _read(sources, "dead_letters", inspector.dead_by_actor)
     if cache_redis.ok:
         report["sync_lock"] = _read(sources, "sync_lock", lambda: sync_lock(sources.cache_redis))
         report["scheduler"] = _read(
-            sources, "scheduler", lambda: scheduling.read_state(sources.cache_redis, now=now)
+            sources, "scheduler", lambda: scheduler_state(sources.cache_redis, now=now)
         )
     if db.ok:
         report["last_runs"] = _read(sources, "last_runs", in_db(lambda s: last_runs(s, now)))
@@ -158,56 +130,40 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _queue_names(client: redis.Redis) -> set[str]:
-    # dramatiq keeps no registry of queues in Redis; every queue that ever held a message
-    # has a `.msgs` hash. SCAN (never KEYS) keeps Redis responsive on a large keyspace.
-    names = {"default"}
-    for key in client.scan_iter(match=f"{BROKER_NAMESPACE}:*.msgs", count=1000):
-        name = _text(key).removeprefix(f"{BROKER_NAMESPACE}:").removesuffix(".msgs")
-        name = name.removesuffix(".XQ").removesuffix(".DQ")
-        names.add(name)
-    return names
+class SyncLockView(TypedDict):
+    held: bool
+    holder: str | None
+    ttl_ms: int | None
+    fence: int | None
+    progress: dict[str, str]
 
 
-def queue_depths(client: redis.Redis) -> dict[str, dict[str, int]]:
-    """Per queue: ready (waiting), delayed (retries/ETAs), in progress, dead-lettered."""
-    depths: dict[str, dict[str, int]] = {}
-    for queue in sorted(_queue_names(client)):
-        base = f"{BROKER_NAMESPACE}:{queue}"
-        pipe = client.pipeline(transaction=False)
-        pipe.llen(base)
-        pipe.hlen(f"{base}.msgs")
-        pipe.hlen(f"{base}.DQ.msgs")
-        pipe.zcard(f"{base}.XQ")
-        ready, stored, delayed, dead = (int(v) for v in pipe.execute())
-        depths[queue] = {
-            "ready": ready,
-            "delayed": delayed,
-            # `.msgs` holds a message from enqueue until ack: ready ones are also listed.
-            "in_progress": max(stored - ready, 0),
-            "dead": dead,
-        }
-    return depths
+class RunView(TypedDict):
+    run_id: str
+    status: str
+    started_at: str
+    finished_at: str | None
+    duration_s: float
+    added: int
+    updated: int
+    unchanged: int
+    removed: int
+    errors: int
+    pages: int
+    requests: int
 
 
-def dead_letters(client: redis.Redis) -> dict[str, int]:
-    """Dead-lettered messages per actor, over every queue."""
-    per_actor: dict[str, int] = {}
-    scanned = 0
-    for queue in sorted(_queue_names(client)):
-        for _, raw in client.hscan_iter(f"{BROKER_NAMESPACE}:{queue}.XQ.msgs", count=500):
-            scanned += 1
-            if scanned > _MAX_DEAD_SCANNED:
-                return per_actor
-            try:
-                actor = str(json.loads(raw)["actor_name"])
-            except (ValueError, KeyError, TypeError):
-                actor = "<undecodable>"
-            per_actor[actor] = per_actor.get(actor, 0) + 1
-    return per_actor
+class RemovalGuardView(TypedDict):
+    active: bool
+    run_id: str | None
+    since: str | None
+    detail: str | None
 
 
-def sync_lock(client: redis.Redis) -> dict[str, Any]:
+_GUARD_CLEAR = RemovalGuardView(active=False, run_id=None, since=None, detail=None)
+
+
+def sync_lock(client: redis.Redis) -> SyncLockView:
     pipe = client.pipeline(transaction=False)
     pipe.get(SYNC_LOCK)
     pipe.pttl(SYNC_LOCK)
@@ -225,8 +181,8 @@ def sync_lock(client: redis.Redis) -> dict[str, Any]:
     }
 
 
-def last_runs(session: Session, now: datetime) -> dict[str, dict[str, Any] | None]:
-    result: dict[str, dict[str, Any] | None] = {}
+def last_runs(session: Session, now: datetime) -> dict[str, RunView | None]:
+    result: dict[str, RunView | None] = {}
     for kind in SyncKind:
         run = session.scalars(
             select(SyncRun).where(SyncRun.kind == kind).order_by(SyncRun.started_at.desc())
@@ -253,7 +209,7 @@ def last_runs(session: Session, now: datetime) -> dict[str, dict[str, Any] | Non
     return result
 
 
-def removal_guard(session: Session) -> dict[str, Any]:
+def removal_guard(session: Session) -> RemovalGuardView:
     """Whether the catalog removal guard (CONTRACT §6) stopped a full sync that no full
     sync has succeeded since: the catalog may be holding games G2A no longer sells, and
     someone should look (then `keysync sync --full --allow-mass-removal` if real)."""
@@ -265,7 +221,7 @@ def removal_guard(session: Session) -> dict[str, Any]:
         .limit(1)
     ).first()
     if guarded is None:
-        return {"active": False, "run_id": None, "since": None, "detail": None}
+        return _GUARD_CLEAR.copy()
     cleared = session.scalar(
         select(func.count()).select_from(SyncRun).where(
             SyncRun.kind == SyncKind.FULL,
@@ -274,7 +230,7 @@ def removal_guard(session: Session) -> dict[str, Any]:
         )
     )
     if cleared:
-        return {"active": False, "run_id": None, "since": None, "detail": None}
+        return _GUARD_CLEAR.copy()
     return {
         "active": True,
         "run_id": str(guarded.id),

@@ -2,7 +2,7 @@
 
 Each unit of each order item has at most one `g2a_purchases` row (unique on
 `(order_item_id, unit_index)`) and walks CREATED -> PAID -> DELIVERED, one committed step
-per G2A call:
+per G2A call (the calls and their row changes are `g2a_steps`; this module orders them):
 
 1. no row: `POST /v1/order`, then INSERT the row (CREATED, g2a_order_id) and commit;
 2. CREATED: `PUT /v1/order/pay/{id}` (idempotent at G2A), mark PAID, commit;
@@ -44,69 +44,42 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import NoReturn
 
 import dramatiq
 import structlog
 from cryptography.fernet import Fernet
 from prometheus_client import Counter
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import G2APurchase, G2APurchaseStatus, Game, Order, OrderItem, OrderStatus
 from services.cache import Cache
-from services.g2a import (
-    G2AAuthError,
-    G2ABadRequest,
-    G2AClient,
-    G2AError,
-    G2AInsufficientFunds,
-    G2AKeyAlreadyDownloaded,
-    G2AOrderNotFound,
-    G2APaymentNotReady,
-)
+from services.g2a import G2AClient
 from services.orders import status as order_status
-from services.webhooks import service as webhooks
+from services.orders.g2a_steps import G2ASteps, StepFailed, StepPending, Unit
 
 log = structlog.get_logger(__name__)
 
 FULFILMENT_RUNS = Counter(
     "keysync_fulfilment_runs_total", "fulfil_order runs by outcome", ["outcome"]
 )  # completed | failed | pending | skipped
-G2A_KEYS_LOST = Counter(
-    "keysync_g2a_keys_lost_total", "Paid G2A keys answered ORD04 before we stored them (alert)"
-)
-G2A_KEYS_KEPT = Counter(
-    "keysync_g2a_keys_kept_total",
-    "Keys fetched for units paid before their order was FAILED/CANCELLED (kept for support)",
-)
 
 _NOT_FOUND = "order not found"
 
-# G2A refusals that no retry can fix: out of stock (ORD01), price above our max (ORD05),
-# unknown product (BR01), not enough funds on the account (ORD112).
-_UNRECOVERABLE = (G2ABadRequest, G2AInsufficientFunds, G2AOrderNotFound)
 
+class FulfilmentOutcome(enum.StrEnum):
+    """How one `fulfil_order` run ended (the job re-queues itself on PENDING)."""
 
-class Outcome(enum.StrEnum):
     COMPLETED = "completed"  # every key stored, order COMPLETED
     FAILED = "failed"  # order FAILED (refunded)
     PENDING = "pending"  # waiting on G2A (key not ready, G2A unavailable): retry later
     SKIPPED = "skipped"  # nothing to do (unknown, refunded, or already complete)
 
 
-@dataclass(frozen=True, slots=True)
-class Unit:
-    item_id: int
-    unit_index: int
-    product_id: str
-    max_price: Decimal  # what the customer paid for this unit: never buy above it
-
-
 @dataclass
 class FulfilmentResult:
     order_id: uuid.UUID
-    outcome: Outcome
+    outcome: FulfilmentOutcome
     reason: str = ""
     transitions: list[order_status.Transition] = field(default_factory=list)
     # units paid before the order was refunded: keys fetched and kept / lost at G2A (ORD04)
@@ -117,14 +90,10 @@ class FulfilmentResult:
 class _Stop(Exception):
     """Ends the run with `outcome`; the current step's transaction is rolled back."""
 
-    def __init__(self, outcome: Outcome, reason: str) -> None:
+    def __init__(self, outcome: FulfilmentOutcome, reason: str) -> None:
         super().__init__(reason)
         self.outcome = outcome
         self.reason = reason
-
-
-class _StopAfterCommit(_Stop):
-    """Ends the run, but the step's writes (failed unit, FAILED order, refund) commit first."""
 
 
 @dataclass
@@ -143,10 +112,16 @@ class Fulfiller:
     broker: dramatiq.Broker
     key_encryption_key: str
     currency: str = "EUR"
+    _steps: G2ASteps = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._steps = G2ASteps(
+            self.g2a, self.broker, Fernet(self.key_encryption_key.encode()), self.currency
+        )
 
     def run(self, order_id: uuid.UUID) -> FulfilmentResult:
         with structlog.contextvars.bound_contextvars(order_id=str(order_id)):
-            result = FulfilmentResult(order_id, Outcome.PENDING)
+            result = FulfilmentResult(order_id, FulfilmentOutcome.PENDING)
             try:
                 units = self._start(result)
                 for unit in units:
@@ -154,7 +129,8 @@ class Fulfiller:
                 self._finish(result)
             except _Stop as stop:
                 result.outcome, result.reason = stop.outcome, stop.reason
-                if stop.outcome in (Outcome.FAILED, Outcome.SKIPPED) and stop.reason != _NOT_FOUND:
+                failed = stop.outcome in (FulfilmentOutcome.FAILED, FulfilmentOutcome.SKIPPED)
+                if failed and stop.reason != _NOT_FOUND:
                     self._keep_paid_keys(result)
             FULFILMENT_RUNS.labels(result.outcome.value).inc()
             log.info("fulfilment run ended", outcome=result.outcome.value, reason=result.reason)
@@ -165,18 +141,24 @@ class Fulfiller:
     @contextmanager
     def _locked(self, result: FulfilmentResult) -> Iterator[_Tx]:
         """A transaction holding the order row lock; jobs enqueued in it are sent at its
-        commit, and the transitions made in it are invalidated right after."""
+        commit, and the transitions made in it are invalidated right after.
+
+        A step that fails the unit (`StepFailed`) commits its row state with the order's
+        FAILED transition (and refund), then ends the run; a pending step rolls back."""
         before = len(result.transitions)
-        stop: _StopAfterCommit | None = None
+        stop: _Stop | None = None
         with self.sessions() as session, session.begin():
             order = order_status.lock_order(session, result.order_id)
             if order is None:
-                raise _Stop(Outcome.SKIPPED, _NOT_FOUND)
+                raise _Stop(FulfilmentOutcome.SKIPPED, _NOT_FOUND)
             tx = _Tx(session, order)
             try:
                 yield tx
-            except _StopAfterCommit as exc:
-                stop = exc  # commit the failure (row state, refund), then stop
+            except StepFailed as failed:
+                self._transition(tx, OrderStatus.FAILED, result)
+                stop = _Stop(FulfilmentOutcome.FAILED, failed.reason)
+            except StepPending as pending:
+                raise _Stop(FulfilmentOutcome.PENDING, pending.reason) from None
         for transition in result.transitions[before:]:
             if transition.changed:
                 self.cache.invalidate(transition.cache_keys)
@@ -197,14 +179,14 @@ class Fulfiller:
         with self._locked(result) as tx:
             order = tx.order
             if order.status in order_status.REFUNDING:
-                raise _Stop(Outcome.SKIPPED, f"order is {order.status.value}")
+                raise _Stop(FulfilmentOutcome.SKIPPED, f"order is {order.status.value}")
             if order.status is OrderStatus.PENDING:
                 self._transition(tx, OrderStatus.PROCESSING, result)
             elif (
                 order.status is OrderStatus.COMPLETED
                 and order_status.undelivered_units(tx.session, order.id) == 0
             ):
-                raise _Stop(Outcome.SKIPPED, "order already completed")
+                raise _Stop(FulfilmentOutcome.SKIPPED, "order already completed")
             rows = tx.session.execute(
                 select(OrderItem.id, OrderItem.quantity, OrderItem.unit_price, Game.g2a_product_id)
                 .join(Game, Game.id == OrderItem.game_id)
@@ -220,11 +202,11 @@ class Fulfiller:
     def _finish(self, result: FulfilmentResult) -> None:
         with self._locked(result) as tx:
             if tx.order.status in order_status.REFUNDING:
-                raise _Stop(Outcome.FAILED, f"order is {tx.order.status.value}")
+                raise _Stop(FulfilmentOutcome.FAILED, f"order is {tx.order.status.value}")
             transition = self._transition(tx, OrderStatus.COMPLETED, result)
             if transition.needs_fulfilment:  # a unit is not DELIVERED yet
-                raise _Stop(Outcome.PENDING, "keys missing")
-            result.outcome = Outcome.COMPLETED
+                raise _Stop(FulfilmentOutcome.PENDING, "keys missing")
+            result.outcome = FulfilmentOutcome.COMPLETED
 
     # --- one unit ----------------------------------------------------------------------
 
@@ -233,125 +215,24 @@ class Fulfiller:
         for _ in range(4):
             with self._locked(result) as tx:
                 if tx.order.status in order_status.REFUNDING:
-                    raise _Stop(Outcome.FAILED, f"order is {tx.order.status.value}")
+                    raise _Stop(FulfilmentOutcome.FAILED, f"order is {tx.order.status.value}")
                 row = tx.session.execute(
                     select(G2APurchase).where(
                         G2APurchase.order_item_id == unit.item_id,
                         G2APurchase.unit_index == unit.unit_index,
                     )
                 ).scalar_one_or_none()
-                if row is not None and row.status is G2APurchaseStatus.DELIVERED:
+                if row is None:
+                    self._steps.create(tx.session, unit)
+                elif row.status is G2APurchaseStatus.CREATED:
+                    self._steps.pay(row)
+                elif row.status is G2APurchaseStatus.PAID:
+                    self._steps.fetch_key(row)
+                elif row.status is G2APurchaseStatus.DELIVERED:
                     return
-                self._step(tx, unit, row, result)
+                else:  # FAILED or KEY_LOST: the order was failed with it, in the same transaction
+                    raise StepFailed(f"unit is {row.status.value}")
         raise RuntimeError("unit did not settle in three steps")  # unreachable by design
-
-    def _step(
-        self, tx: _Tx, unit: Unit, row: G2APurchase | None, result: FulfilmentResult
-    ) -> None:
-        bound = log.bind(order_item_id=unit.item_id, unit_index=unit.unit_index)
-        if row is None:
-            self._create(tx, unit, result, bound)
-        elif row.status is G2APurchaseStatus.CREATED:
-            self._pay(tx, row, result, bound)
-        elif row.status is G2APurchaseStatus.PAID:
-            self._fetch_key(tx, row, result, bound)
-        else:  # FAILED or KEY_LOST: the order was failed with it, in the same transaction
-            self._fail(tx, result, f"unit is {row.status.value}")
-
-    def _create(
-        self,
-        tx: _Tx,
-        unit: Unit,
-        result: FulfilmentResult,
-        bound: structlog.typing.FilteringBoundLogger,
-    ) -> None:
-        try:
-            created = self.g2a.create_order(
-                unit.product_id, max_price=unit.max_price, currency=self.currency
-            )
-        except _UNRECOVERABLE as exc:
-            bound.warning("g2a refused the order", error_code=exc.code)
-            tx.session.add(
-                G2APurchase(
-                    order_item_id=unit.item_id,
-                    unit_index=unit.unit_index,
-                    status=G2APurchaseStatus.FAILED,
-                    last_error=str(exc),
-                )
-            )
-            self._fail(tx, result, f"g2a create_order: {exc.code}")
-        except G2AError as exc:
-            # Unknown outcome (timeout) included: at worst G2A holds an unpaid orphan order,
-            # which costs nothing; we only ever pay orders we stored.
-            self._pending(exc, bound, "create_order")
-        tx.session.add(
-            G2APurchase(
-                order_item_id=unit.item_id,
-                unit_index=unit.unit_index,
-                g2a_order_id=created.order_id,
-                status=G2APurchaseStatus.CREATED,
-                price=created.price,
-            )
-        )
-        tx.session.flush()
-        # A G2A webhook may have beaten this commit; apply it now that the order is known.
-        webhooks.enqueue_orphans(tx.session, self.broker, g2a_order_id=created.order_id)
-        bound.info("g2a order created", g2a_order_id=created.order_id, price=str(created.price))
-
-    def _pay(
-        self,
-        tx: _Tx,
-        row: G2APurchase,
-        result: FulfilmentResult,
-        bound: structlog.typing.FilteringBoundLogger,
-    ) -> None:
-        assert row.g2a_order_id is not None
-        try:
-            payment = self.g2a.pay_order(row.g2a_order_id)
-        except _UNRECOVERABLE as exc:
-            bound.warning("g2a refused the payment", error_code=exc.code)
-            row.status = G2APurchaseStatus.FAILED
-            row.last_error = str(exc)
-            row.updated_at = func.now()
-            self._fail(tx, result, f"g2a pay_order: {exc.code}")
-        except G2AError as exc:
-            self._pending(exc, bound, "pay_order")
-        row.status = G2APurchaseStatus.PAID
-        row.transaction_id = payment.transaction_id
-        row.updated_at = func.now()
-        bound.info("g2a order paid", g2a_order_id=row.g2a_order_id)
-
-    def _fetch_key(
-        self,
-        tx: _Tx,
-        row: G2APurchase,
-        result: FulfilmentResult,
-        bound: structlog.typing.FilteringBoundLogger,
-    ) -> None:
-        assert row.g2a_order_id is not None
-        try:
-            key = self.g2a.get_key(row.g2a_order_id)
-        except G2AKeyAlreadyDownloaded as exc:
-            # Paid, and G2A says the key went out already, but we never stored it (a crash
-            # or a lost response). Retrying cannot bring it back: alert, and refund the
-            # customer instead of leaving the order hanging.
-            bound.error(
-                "ALERT paid g2a key lost (already downloaded); recover it via G2A support",
-                g2a_order_id=row.g2a_order_id,
-                alert="g2a_key_lost",
-            )
-            G2A_KEYS_LOST.inc()
-            row.status = G2APurchaseStatus.KEY_LOST
-            row.last_error = str(exc)
-            row.updated_at = func.now()
-            self._fail(tx, result, "g2a key already downloaded")
-        except G2AError as exc:
-            self._pending(exc, bound, "get_key")
-        row.key_encrypted = Fernet(self.key_encryption_key.encode()).encrypt(key.encode())
-        row.status = G2APurchaseStatus.DELIVERED
-        row.last_error = None
-        row.updated_at = func.now()
-        bound.info("g2a key stored", g2a_order_id=row.g2a_order_id)
 
     # --- units paid before the order was refunded ------------------------------------------
 
@@ -367,7 +248,6 @@ class Fulfiller:
             with self._locked(result) as tx:
                 if tx.order.status not in order_status.REFUNDING:
                     return
-                refunded_as = tx.order.status.value
                 row_ids = list(tx.session.scalars(
                     select(G2APurchase.id)
                     .join(OrderItem, OrderItem.id == G2APurchase.order_item_id)
@@ -375,7 +255,7 @@ class Fulfiller:
                            G2APurchase.status == G2APurchaseStatus.PAID)
                     .order_by(G2APurchase.id)
                 ))
-            # One transaction per key under the order lock, like `_fetch_key`: a stored key
+            # One transaction per key under the order lock, like `fetch_key`: a stored key
             # is committed before the next G2A call.
             for row_id in row_ids:
                 with self._locked(result) as tx:
@@ -383,59 +263,11 @@ class Fulfiller:
                         select(G2APurchase).where(G2APurchase.id == row_id,
                                                   G2APurchase.status == G2APurchaseStatus.PAID)
                     ).scalar_one_or_none()
-                    if row is not None:
-                        self._keep_key(tx, row, refunded_as, result)
+                    if row is None:
+                        continue
+                    if self._steps.keep_key(row, tx.order):
+                        result.kept_keys += 1
+                    else:
+                        result.lost_keys += 1
         except _Stop as stop:
             result.outcome, result.reason = stop.outcome, f"keeping paid keys: {stop.reason}"
-
-    def _keep_key(
-        self, tx: _Tx, row: G2APurchase, refunded_as: str, result: FulfilmentResult
-    ) -> None:
-        assert row.g2a_order_id is not None  # PAID rows always carry the G2A order id
-        bound = log.bind(order_id=str(tx.order.id), order_item_id=row.order_item_id,
-                         unit_index=row.unit_index, g2a_order_id=row.g2a_order_id,
-                         order_status=refunded_as)
-        try:
-            key = self.g2a.get_key(row.g2a_order_id)
-        except G2AKeyAlreadyDownloaded as exc:
-            bound.error(
-                "ALERT g2a key paid for a refunded order cannot be fetched (already "
-                "downloaded); recover it via G2A support",
-                alert="g2a_paid_after_refund",
-            )
-            G2A_KEYS_LOST.inc()
-            row.status = G2APurchaseStatus.KEY_LOST
-            row.last_error = f"paid, order {refunded_as}: {exc}"
-            row.updated_at = func.now()
-            result.lost_keys += 1
-            return
-        except G2AError as exc:
-            self._pending(exc, bound, "get_key (refunded order)")
-        # DELIVERED under a FAILED/CANCELLED order = kept for support: the order view shows
-        # keys only for COMPLETED orders, so the customer never sees it.
-        row.key_encrypted = Fernet(self.key_encryption_key.encode()).encrypt(key.encode())
-        row.status = G2APurchaseStatus.DELIVERED
-        row.last_error = None
-        row.updated_at = func.now()
-        G2A_KEYS_KEPT.inc()
-        result.kept_keys += 1
-        bound.warning("g2a key of a refunded order kept for support")
-
-    # --- outcomes ----------------------------------------------------------------------
-
-    def _fail(self, tx: _Tx, result: FulfilmentResult, reason: str) -> NoReturn:
-        """FAIL the order (refund exactly once) in this transaction, then stop the run."""
-        self._transition(tx, OrderStatus.FAILED, result)
-        raise _StopAfterCommit(Outcome.FAILED, reason)
-
-    @staticmethod
-    def _pending(
-        exc: G2AError, bound: structlog.typing.FilteringBoundLogger, call: str
-    ) -> NoReturn:
-        level = bound.error if isinstance(exc, G2AAuthError) else bound.info
-        if isinstance(exc, G2APaymentNotReady):
-            level("g2a key not ready yet", call=call)
-        else:
-            level("g2a call failed; will retry", call=call, error_code=exc.code)
-        raise _Stop(Outcome.PENDING, f"{call}: {exc.code}")
-

@@ -1,4 +1,4 @@
-"""Buying: create an order atomically, and read orders for the API.
+"""Buying: create an order atomically; reading orders through the cache for the API.
 
 `create_order` is one Postgres transaction: lock the user row, price the items from the
 current `games.price`, insert the order (PENDING), its items and the PURCHASE transaction,
@@ -7,26 +7,26 @@ debit the balance, clear the cart when the order came from it, and enqueue `fulf
 if the broker is down or we die first). Any failure rolls all of it back (no order, no
 transaction, balance unchanged, no job). After commit the user's order/cart/transaction
 caches are invalidated.
+
+Reads go through the cache (`order:{id}`, `user:{id}:orders`); the views and their loaders
+are in `queries`.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TypeVar
 
 import dramatiq
 import structlog
-from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import (
     CartItem,
-    G2APurchase,
-    G2APurchaseStatus,
     Game,
     Order,
     OrderItem,
@@ -38,42 +38,17 @@ from db.models import (
 )
 from services.cache import Cache, keys
 from services.cart.service import is_buyable
+from services.games.errors import GameUnavailable
+from services.orders import queries
+from services.orders.errors import EmptyOrder, InsufficientBalance, OrderNotFound
+from services.orders.schemas import CachedOrder, CachedOrderList, OrderList, OrderView
 from worker.enqueue import Actor, enqueue
 
 log = structlog.get_logger(__name__)
 
 CENT = Decimal("0.01")
 
-
-class OrderError(Exception):
-    """A refusal the API reports as-is: `status` and `code` follow CONTRACT §5."""
-
-    status = 400
-    code = "order_error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class EmptyOrder(OrderError):
-    status = 422
-    code = "empty_order"
-
-
-class GameUnavailable(OrderError):
-    status = 409
-    code = "game_unavailable"
-
-
-class InsufficientBalance(OrderError):
-    status = 402
-    code = "insufficient_balance"
-
-
-class OrderNotFound(OrderError):
-    status = 404
-    code = "not_found"
+_View = TypeVar("_View", CachedOrder, CachedOrderList)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +72,7 @@ def create_order(
     cache: Cache,
     user_id: uuid.UUID,
     items: Sequence[LineRequest] | None = None,
-) -> dict[str, Any]:
+) -> OrderView:
     """Create and pay an order from `items`, or from the user's cart when None.
 
     Raises EmptyOrder, GameUnavailable or InsufficientBalance (nothing written then).
@@ -110,12 +85,12 @@ def create_order(
             # Sent after commit, never raising: a broker failure must not turn a committed
             # purchase into an error the client retries (and so buys twice).
             enqueue(session, broker, Actor.FULFIL_ORDER, str(order.id))
-            view = _order_view(session, order, with_keys=False)
+            created = queries.order_view(session, order, with_keys=False)
         bound.info("order created", order_id=str(order.id), total=str(order.total))
     cache.invalidate(
         [keys.user_orders(user_id), keys.user_cart(user_id), keys.user_transactions(user_id)]
     )
-    return view
+    return queries.without_keys(created)  # a new order is PENDING: no keys yet
 
 
 def _create_in_transaction(
@@ -152,7 +127,7 @@ def _create_in_transaction(
     for game_id in wanted:
         game = games.get(game_id)
         if game is None or not is_buyable(game):
-            raise GameUnavailable(f"game {game_id} is not available")
+            raise GameUnavailable(game_id)
 
     total = sum(
         (games[gid].price * qty for gid, qty in wanted.items()), Decimal("0")
@@ -191,88 +166,6 @@ def _create_in_transaction(
     return order
 
 
-# --- reads -------------------------------------------------------------------------------
-#
-# Cached order views hold the stored Fernet tokens, never plaintext keys: Redis only ever
-# sees ciphertext, and `present` decrypts for the one response that needs them.
-
-
-def _encrypted_keys(session: Session, order: Order) -> list[str]:
-    rows = session.execute(
-        select(G2APurchase.key_encrypted)
-        .join(OrderItem, OrderItem.id == G2APurchase.order_item_id)
-        .where(
-            OrderItem.order_id == order.id,
-            G2APurchase.status == G2APurchaseStatus.DELIVERED,
-            G2APurchase.key_encrypted.is_not(None),
-        )
-        .order_by(OrderItem.id, G2APurchase.unit_index)
-    ).scalars()
-    return [token.decode() for token in rows if token is not None]
-
-
-def _order_view(session: Session, order: Order, *, with_keys: bool = True) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "id": str(order.id),
-        "user_id": str(order.user_id),
-        "status": order.status.value,
-        "total": str(order.total),
-        "items": [
-            {
-                "game_id": str(item.game_id),
-                "quantity": item.quantity,
-                "unit_price": str(item.unit_price),
-            }
-            for item in order.items
-        ],
-        "created_at": order.created_at.isoformat(),
-        "updated_at": order.updated_at.isoformat(),
-    }
-    if with_keys and order.status is OrderStatus.COMPLETED:
-        view["keys_encrypted"] = _encrypted_keys(session, order)
-    return view
-
-
-def present(view: dict[str, Any], key_encryption_key: str) -> dict[str, Any]:
-    """The API shape of a (possibly cached) view: keys decrypted, only when COMPLETED."""
-    out = {k: v for k, v in view.items() if k != "keys_encrypted"}
-    if view.get("status") == OrderStatus.COMPLETED.value:
-        fernet = Fernet(key_encryption_key.encode())
-        plain: list[str] = []
-        for token in view.get("keys_encrypted", []):
-            try:
-                plain.append(fernet.decrypt(token.encode()).decode())
-            except InvalidToken:
-                # KEY_ENCRYPTION_KEY rotated without re-encrypting: say so, never crash.
-                log.error("stored game key cannot be decrypted", order_id=view.get("id"))
-        out["keys"] = plain
-    return out
-
-
-def load_order(session: Session, order_id: uuid.UUID) -> dict[str, Any]:
-    """The cacheable view of one order (with `user_id` for the ownership check).
-
-    Loaders read inside the caller's transaction, so the invariant checker can recompute a
-    cached entry in its own snapshot."""
-    order = session.get(Order, order_id)
-    if order is None:
-        raise OrderNotFound("order not found")
-    return _order_view(session, order)
-
-
-def load_user_orders(session: Session, user_id: uuid.UUID) -> dict[str, Any]:
-    """All of the user's orders, newest first, as `{items, page, total}` (one cache entry,
-    `user:{id}:orders`, invalidated on every change of any of them)."""
-    orders = session.execute(
-        select(Order)
-        .where(Order.user_id == user_id)
-        .options(selectinload(Order.items))
-        .order_by(Order.created_at.desc(), Order.id)
-    ).scalars().all()
-    items = [_order_view(session, order) for order in orders]
-    return {"items": items, "page": 1, "total": len(items)}
-
-
 def get_order(
     session: Session,
     cache: Cache,
@@ -280,27 +173,41 @@ def get_order(
     order_id: uuid.UUID,
     *,
     key_encryption_key: str,
-) -> dict[str, Any]:
+) -> OrderView:
     """One of the user's orders through the cache; OrderNotFound for a missing order and
     for another user's order alike, so ids cannot be probed."""
-    # A cache hit never touches Postgres: the transaction only connects on first use.
-    with session.begin():
-        view: dict[str, Any] = cache.read_through(
-            keys.order(order_id), keys.ORDER_TTL, lambda: load_order(session, order_id)
-        )
-    if view.get("user_id") != str(user_id):
+    view = _read_through(
+        session, cache, keys.order(order_id), keys.ORDER_TTL, CachedOrder,
+        lambda: queries.load_order(session, order_id),
+    )
+    if view.user_id != user_id:
         raise OrderNotFound("order not found")
-    return present(view, key_encryption_key)
+    return queries.present(view, key_encryption_key)
 
 
 def list_orders(
     session: Session, cache: Cache, user_id: uuid.UUID, *, key_encryption_key: str
-) -> dict[str, Any]:
+) -> OrderList:
+    """All of the user's orders, newest first, through one cache entry."""
+    listing = _read_through(
+        session, cache, keys.user_orders(user_id), keys.USER_ORDERS_TTL, CachedOrderList,
+        lambda: queries.load_user_orders(session, user_id),
+    )
+    return OrderList(
+        items=[queries.present(v, key_encryption_key) for v in listing.items],
+        page=listing.page,
+        total=listing.total,
+    )
+
+
+def _read_through(
+    session: Session,
+    cache: Cache,
+    key: str,
+    ttl_s: int,
+    schema: type[_View],
+    load: Callable[[], _View],
+) -> _View:
+    # A cache hit never touches Postgres: the transaction only connects on first use.
     with session.begin():
-        listing: dict[str, Any] = cache.read_through(
-            keys.user_orders(user_id),
-            keys.USER_ORDERS_TTL,
-            lambda: load_user_orders(session, user_id),
-        )
-    listing["items"] = [present(v, key_encryption_key) for v in listing["items"]]
-    return listing
+        return schema.model_validate(cache.read_through(key, ttl_s, lambda: load().to_cache()))

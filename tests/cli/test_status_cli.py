@@ -13,17 +13,11 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from db.models import (
-    CacheInvalidation,
-    JobOutbox,
-    SyncKind,
-    SyncRun,
-    SyncStatus,
-    WebhookEvent,
-)
+import jobs
+from db.models import CacheInvalidation, JobOutbox, SyncKind, SyncRun, SyncStatus, WebhookEvent
 from services import job_outbox
 from services.locks import SYNC_FENCE, SYNC_LOCK
-from services.scheduling import ScheduleRunner, default_jobs
+from worker.election import ScheduleRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 TOP_LEVEL = {
@@ -66,30 +60,15 @@ def status(**env: str) -> tuple[int, dict[str, Any]]:
 def seed(session: Any, redis_client: Any, broker: Any) -> None:
     started = datetime.now(UTC) - timedelta(minutes=5)
     with session.begin():
-        session.execute(
-            insert(SyncRun).values(
-                kind=SyncKind.FULL,
-                status=SyncStatus.SUCCEEDED,
-                fence_token=7,
-                started_at=started,
-                finished_at=started + timedelta(seconds=42),
-                added=10,
-                updated=2,
-                unchanged=5,
-                removed=1,
-                errors=0,
-                pages=3,
-                requests=4,
-            )
-        )
-        session.execute(
-            insert(SyncRun).values(
-                kind=SyncKind.STOCK,
-                status=SyncStatus.RUNNING,
-                fence_token=8,
-                started_at=started,
-            )
-        )
+        # A finished full run and a stock check still running (no finish, no counts yet).
+        session.execute(insert(SyncRun), [
+            {"kind": SyncKind.FULL, "status": SyncStatus.SUCCEEDED, "fence_token": 7,
+             "started_at": started, "finished_at": started + timedelta(seconds=42),
+             "added": 10, "updated": 2, "unchanged": 5, "removed": 1, "errors": 0, "pages": 3,
+             "requests": 4},
+            {"kind": SyncKind.STOCK, "status": SyncStatus.RUNNING, "fence_token": 8,
+             "started_at": started},
+        ])
         session.execute(
             insert(WebhookEvent),
             [
@@ -131,11 +110,10 @@ def seed(session: Any, redis_client: Any, broker: Any) -> None:
     consumer.close()
 
 
-def test_status_reports_everything_truthfully(session: Any, redis_client: Any, broker: Any) -> None:
+def test_status_reports_everything_truthfully(session: Any, redis_client: Any, broker: Any,
+                                              settings: Any) -> None:
     seed(session, redis_client, broker)
-    runner = ScheduleRunner(
-        redis_client, broker, default_jobs("0 2,14 * * *", "*/15 * * * *"), identity="host-a:1"
-    )
+    runner = ScheduleRunner(redis_client, broker, jobs.schedule(settings), identity="host-a:1")
     runner.step()
     try:
         code, report = status()

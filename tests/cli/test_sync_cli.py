@@ -19,6 +19,7 @@ from db.models import Game
 from g2a_sim import SimServer
 from keysync.embedded import free_port
 from services.locks import SYNC_LOCK
+from tests.services.catalog.support import active_ids, sim_ids, sim_post
 
 KEYSYNC = os.path.join(os.path.dirname(sys.executable), "keysync")
 REQUIRED = {"run_id", "kind", "status", "added", "updated", "unchanged", "removed", "errors",
@@ -127,22 +128,6 @@ def test_without_wait_enqueues(sim: SimServer, redis_client: redis_lib.Redis) ->
 
 
 # -- catalog removal rules (CONTRACT §6) through the console script ------------------------
-
-
-def sim_post(sim: SimServer, path: str, body: dict[str, Any]) -> Any:
-    response = httpx.post(sim.url + path, json=body, timeout=5.0)
-    response.raise_for_status()
-    return response.json()
-
-
-def active_ids(session: Session) -> set[str]:
-    session.expire_all()
-    return set(session.scalars(select(Game.g2a_product_id).where(Game.is_active)))
-
-
-def sim_ids(sim: SimServer) -> set[str]:
-    with sim.state.lock:
-        return {str(pid) for pid in sim.state.ids}
 
 
 def full_sync(env: dict[str, str], *extra: str) -> tuple[int, dict[str, Any], str]:

@@ -71,3 +71,17 @@ def test_top_up_finds_unicode_addresses_as_postgres_folds_them(session: Any) -> 
         assert duplicate.exit_code == 2 and "already exists" in duplicate.output
     with session.begin():
         assert session.scalar(select(func.count()).select_from(User)) == 2
+
+
+def test_the_services_refusals_reach_the_cli_as_exit_2_and_json(session: Any) -> None:
+    # Rules only the service knows (here the name's length) reach the CLI unchanged.
+    too_long = run("user", "create", "d@example.com", "--password", "password1",
+                   "--name", "x" * 201, "--json")
+    assert too_long.exit_code == 2
+    assert json.loads(too_long.stdout) == {"error": "name must be at most 200 characters"}
+    bad_amount = run("user", "top-up", "d@example.com", "12.345", "--json")
+    assert bad_amount.exit_code == 2
+    assert json.loads(bad_amount.stdout) == {
+        "error": "AMOUNT: amount has more than 2 decimal places"}
+    with session.begin():
+        assert session.scalar(select(func.count()).select_from(User)) == 0

@@ -104,7 +104,7 @@ def catalog_differences(sessions: Any, sim: SimServer, markup: Decimal = Decimal
     from sqlalchemy import select
 
     from db.models import Game
-    from services.catalog.sync import shop_price
+    from services.catalog import shop_price
 
     with sessions() as session:
         games = {g.g2a_product_id: g for g in session.scalars(

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from db.models import Game, Order, OrderStatus
 from g2a_sim.server import SimServer
 from services.accounts import tokens
-from services.catalog.sync import SyncDeps, run_catalog_sync
+from services.catalog import SyncDeps, run_catalog_sync
 from services.g2a import G2AClient
 from services.ops import invariants
 from tests.faults.support import Figures, check_invariants

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from db.models import Game
 from g2a_sim.server import SimServer
-from services.catalog.sync import SyncDeps, SyncResult, run_catalog_sync
+from services.catalog import SyncDeps, SyncResult, run_catalog_sync
 from services.g2a import G2AClient, RateLimiter
 from tests.faults.support import (
     Figures,

@@ -17,7 +17,6 @@ from db.models import SyncRun
 from g2a_sim.server import SimServer
 from services import job_outbox
 from services.locks import SYNC_LOCK
-from services.scheduling import MEMBERS_KEY, STATE_KEY
 from tests.faults.support import (
     KEYSYNC,
     Figures,
@@ -32,6 +31,7 @@ from tests.faults.support import (
     start_worker,
     wait_until,
 )
+from worker.election import MEMBERS_KEY, STATE_KEY
 
 pytestmark = pytest.mark.slow
 

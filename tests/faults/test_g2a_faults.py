@@ -15,10 +15,10 @@ from sqlalchemy import select
 
 from db.models import G2APurchase, G2APurchaseStatus, Game, Order, OrderItem, OrderStatus
 from g2a_sim.server import SimServer
-from services.catalog.sync import SyncDeps, run_catalog_sync
+from services.catalog import SyncDeps, run_catalog_sync
 from services.g2a import G2AClient, RateLimiter
 from services.orders import service as orders
-from services.orders.fulfilment import Fulfiller, Outcome
+from services.orders.fulfilment import Fulfiller, FulfilmentOutcome
 from tests.faults.support import (
     Figures,
     catalog_differences,
@@ -85,7 +85,7 @@ def test_g2a_faults_during_sync_and_fulfilment(
         user_id = make_user(resources.sessions, "300.00")
         view = orders.create_order(resources.sessions, resources.broker, resources.cache,
                                    user_id, [orders.LineRequest(game, 2)])
-        made.append(uuid.UUID(view["id"]))
+        made.append(view.id)
         with resources.sessions() as s:  # the customer looks while it is PENDING
             kek = resources.settings.key_encryption_key.get_secret_value()
             orders.get_order(s, resources.cache, user_id, made[-1], key_encryption_key=kek)
@@ -98,10 +98,10 @@ def test_g2a_faults_during_sync_and_fulfilment(
     for order_id in made:
         outcome = fulfiller.run(order_id).outcome
         for _ in range(15):  # the actor's re-sends, then the poller's
-            if outcome is not Outcome.PENDING:
+            if outcome is not FulfilmentOutcome.PENDING:
                 break
             outcome = fulfiller.run(order_id).outcome
-        assert outcome is not Outcome.PENDING
+        assert outcome is not FulfilmentOutcome.PENDING
 
     with resources.sessions() as s:
         statuses = {o.id: o.status for o in s.scalars(select(Order))}

@@ -26,7 +26,7 @@ from keysync.embedded import EmbeddedPostgres
 from keysync.resources import Resources
 from services.accounts import tokens
 from services.orders import service as orders
-from services.orders.fulfilment import Fulfiller, Outcome
+from services.orders.fulfilment import Fulfiller, FulfilmentOutcome
 from tests.faults.support import Figures, check_invariants, sim_faults, sim_stats
 from tests.helpers import LiveServer, wait_until
 from tests.order_helpers import make_game, make_user, sim_client, sim_game
@@ -113,7 +113,7 @@ def test_postgres_restarted_during_fulfilment(
         user_id = make_user(res.sessions, "500.00")
         view = orders.create_order(res.sessions, res.broker, res.cache, user_id,
                                    [orders.LineRequest(games[i % 3], 2)])
-        order_ids.append(uuid.UUID(view["id"]))
+        order_ids.append(view.id)
     # Payments are slow, so the restart lands while transactions hold order locks across
     # G2A calls (G2A completes those payments; our commits of them are lost).
     sim_faults(sim, rate=1.0, latency_ms=700, paths="/v1/order/pay", count=6)
@@ -149,10 +149,10 @@ def test_postgres_restarted_during_fulfilment(
         f = fulfiller()
         outcome = f.run(order_id).outcome
         for _ in range(10):
-            if outcome is not Outcome.PENDING:
+            if outcome is not FulfilmentOutcome.PENDING:
                 break
             outcome = f.run(order_id).outcome
-        assert outcome is Outcome.COMPLETED
+        assert outcome is FulfilmentOutcome.COMPLETED
     with res.sessions() as s:
         assert {o.status for o in s.scalars(select(Order))} == {OrderStatus.COMPLETED}
     stats = sim_stats(sim)

@@ -45,7 +45,7 @@ from tests.faults.support import (
     wait_until,
 )
 from web.app import create_app
-from worker._broker import create_broker
+from worker.broker import create_broker
 
 pytestmark = pytest.mark.slow
 

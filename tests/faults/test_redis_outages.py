@@ -30,10 +30,8 @@ from keysync.resources import Resources
 from services import job_outbox
 from services.accounts import tokens
 from services.cache import Cache, CacheOutbox, make_cache_redis
-from services.catalog.sync import Progress, SyncDeps, run_catalog_sync
+from services.catalog import Progress, SyncDeps, run_catalog_sync
 from services.g2a import G2AClient, RateLimiter
-from services.orders import service as orders
-from services.orders import status as order_status
 from services.webhooks import service as webhooks
 from tests.faults.support import (
     Figures,
@@ -44,9 +42,10 @@ from tests.faults.support import (
     start_worker,
     wait_until,
 )
-from tests.order_helpers import deliver_all, make_game, make_user, signed_headers, status_body
+from tests.order_flows import place_order
+from tests.order_helpers import deliver_all, make_game, signed_headers, status_body
 from web.app import create_app
-from worker._broker import create_broker
+from worker.broker import create_broker
 
 
 @pytest.fixture
@@ -161,13 +160,8 @@ def _orders_in_processing(resources: Any, n: int) -> list[tuple[uuid.UUID, uuid.
     made = []
     game = make_game(resources.sessions, price="25.00")
     for _ in range(n):
-        user_id = make_user(resources.sessions, "100.00")
-        view = orders.create_order(resources.sessions, resources.broker, resources.cache,
-                                   user_id, [orders.LineRequest(game, 1)])
-        order_id = uuid.UUID(view["id"])
-        with resources.sessions() as s, s.begin():
-            order_status.apply(s, order_id, OrderStatus.PROCESSING, source="test")
-        made.append((order_id, user_id))
+        made.append(place_order(resources, [(game, 1)], funds="100.00",
+                                status=OrderStatus.PROCESSING))
     return made
 
 

@@ -15,17 +15,18 @@ from sqlalchemy import select
 
 from db.models import SyncKind, SyncRun, SyncStatus
 from g2a_sim.server import SimServer
+from jobs import schedule
 from keysync.resources import Resources
 from services import job_outbox
 from services.locks import SYNC_LOCK
-from services.scheduling import default_jobs, next_tick
 from tests.faults.support import sim_faults, wait_until
 from worker._metrics import JOBS
 from worker._resources import ResourcesMiddleware
+from worker.schedule import next_tick
 
 
 def test_default_crons_fire_the_full_sync_and_the_stock_check_together(settings: Any) -> None:
-    jobs = {j.name: j for j in default_jobs(settings.sync_cron, settings.stock_check_cron)}
+    jobs = {j.name: j for j in schedule(settings)}
     before = datetime(2026, 1, 1, 1, 59, 59, tzinfo=UTC)
     assert next_tick(jobs["catalog_sync"].trigger, before) == next_tick(
         jobs["stock_check"].trigger, before) == datetime(2026, 1, 1, 2, 0, tzinfo=UTC)

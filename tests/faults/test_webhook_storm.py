@@ -16,11 +16,11 @@ from sqlalchemy import func, select
 
 from db.models import Order, OrderStatus, Transaction, TransactionType, WebhookEvent
 from services.accounts import tokens
-from services.orders import service as orders
 from services.orders import status as order_status
 from tests.faults.support import Figures, check_invariants
 from tests.helpers import LiveServer, wait_until
-from tests.order_helpers import deliver_all, make_game, make_user, signed_headers, status_body
+from tests.order_flows import place_order
+from tests.order_helpers import deliver_all, make_game, signed_headers, status_body
 from web.app import create_app
 
 pytestmark = pytest.mark.slow
@@ -39,12 +39,8 @@ def test_1000_webhooks_with_duplicates_concurrent_and_out_of_order(
     game = make_game(resources.sessions, price="20.00")
     made: list[tuple[uuid.UUID, uuid.UUID, bool]] = []
     for i in range(ORDERS):
-        user_id = make_user(resources.sessions, "50.00")
-        view = orders.create_order(resources.sessions, resources.broker, resources.cache,
-                                   user_id, [orders.LineRequest(game, 1)])
-        order_id = uuid.UUID(view["id"])
-        with resources.sessions() as s, s.begin():
-            order_status.apply(s, order_id, OrderStatus.PROCESSING, source="test")
+        order_id, user_id = place_order(resources, [(game, 1)], funds="50.00",
+                                        status=OrderStatus.PROCESSING)
         keyed = i % 2 == 0  # only orders with every key stored may complete
         if keyed:
             deliver_all(resources, order_id)

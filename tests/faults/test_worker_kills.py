@@ -130,7 +130,7 @@ def test_worker_killed_while_paying_redelivered_pays_each_key_once(
         view = orders.create_order(resources.sessions, resources.broker, resources.cache,
                                    user_id, [orders.LineRequest(games[0], 2),
                                              orders.LineRequest(games[1], 1)])
-        order_id = uuid.UUID(view["id"])
+        order_id = view.id
         figures.requests += 1
         pay_path = "/v1/order/pay/{order_id}"
         wait_until(lambda: sim_stats(sim)["requests_by_path"].get(pay_path, 0) >= 1, 20,
@@ -144,7 +144,7 @@ def test_worker_killed_while_paying_redelivered_pays_each_key_once(
         with resources.sessions() as s:
             kek = resources.settings.key_encryption_key.get_secret_value()
             assert orders.get_order(s, resources.cache, user_id, order_id,
-                                    key_encryption_key=kek)["status"] == "PROCESSING"
+                                    key_encryption_key=kek).status is OrderStatus.PROCESSING
             orders.list_orders(s, resources.cache, user_id, key_encryption_key=kek)
 
         assert redeliver_from_dead_workers(redis_url, redis_client) == 1
@@ -161,6 +161,6 @@ def test_worker_killed_while_paying_redelivered_pays_each_key_once(
     figures.notes["g2a_requests"] = stats["requests"]
     with resources.sessions() as s:  # what the customer now sees, through the cache
         view = orders.get_order(s, resources.cache, user_id, order_id, key_encryption_key=kek)
-    assert view["status"] == "COMPLETED" and len(view["keys"]) == 3
+    assert view.status is OrderStatus.COMPLETED and len(view.keys or []) == 3
     report = check_invariants(figures, resources.sessions, sim=sim, cache_redis=redis_client)
     assert report.ok, report.as_dict()

@@ -1,6 +1,7 @@
 """Schemathesis against the app's own OpenAPI: anonymous, as a guest and as a signed-in
 user, valid and invalid inputs. No 5xx, no stack trace, and a rejected request stores
-nothing. With Postgres unreachable: 503 + Retry-After, never a 500."""
+nothing; every answer is one the schema documents (status, content type, headers, body).
+With Postgres unreachable: 503 + Retry-After, never a 500."""
 
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from sqlalchemy import text
 
 from keysync.resources import Resources
@@ -23,6 +31,9 @@ from tests.order_helpers import make_game
 from web.app import create_app
 
 MAX_EXAMPLES = 10
+# Every answer must be documented: its status, content type, headers and body shape.
+CONFORMANCE = [status_code_conformance, content_type_conformance,
+               response_headers_conformance, response_schema_conformance]
 LEAKS = ("Traceback", 'File "', "sqlalchemy", "psycopg", "Exception", "/work/", ".py\"")
 _COUNTS = text("SELECT " + ", ".join(f"(SELECT count(*) FROM {t}) AS {t}" for t in TABLES))
 
@@ -86,6 +97,7 @@ def test_no_5xx_no_trace_nothing_stored_on_rejection(
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         assert response.status_code < 500, (case.method, case.formatted_path, case.body,
                                             response.text)
+        case.validate_response(response, checks=[not_a_server_error, *CONFORMANCE])
         _assert_clean(case, response)
         if 400 <= response.status_code < 500:
             assert _counts(resources) == before["counts"], (case.method, case.formatted_path)
@@ -112,6 +124,7 @@ def test_postgres_down_is_503_never_500(settings: Any, broker: Any, figures: Fig
             case.method, case.formatted_path, response.text)
         if response.status_code == 503 and case.formatted_path not in ("/readyz",):
             assert response.headers.get("retry-after")
+        case.validate_response(response, checks=CONFORMANCE)
         _assert_clean(case, response)
 
     try:

@@ -42,7 +42,7 @@ def _order(resources: Any, keyed: bool) -> tuple[uuid.UUID, uuid.UUID]:
     user_id = make_user(resources.sessions, "40.00")
     view = orders.create_order(resources.sessions, resources.broker, resources.cache, user_id,
                                [orders.LineRequest(game, 2)])
-    order_id = uuid.UUID(view["id"])
+    order_id = view.id
     if keyed:
         deliver_all(resources, order_id)
     return order_id, user_id

@@ -14,21 +14,8 @@ import redis
 import structlog
 
 from g2a_sim import DEFAULT_API_HASH, DEFAULT_API_SECRET, DEFAULT_EMAIL, SimServer
-from services.g2a import (
-    G2AAuthError,
-    G2ABadRequest,
-    G2AClient,
-    G2AInsufficientFunds,
-    G2AKeyAlreadyDownloaded,
-    G2AOrderNotFound,
-    G2APaymentNotReady,
-    G2AProtocolError,
-    G2ARateLimited,
-    G2AUnavailable,
-    RateLimiter,
-    RateLimitTimeout,
-    auth_header,
-)
+from services.g2a import G2AClient, RateLimiter, RateLimitTimeout, auth_header
+from services.g2a import errors as g2a
 
 MakeClient = Callable[..., G2AClient]
 
@@ -71,27 +58,27 @@ def test_order_flow_and_typed_errors(sim: SimServer, make_g2a: MakeClient) -> No
     order = client.create_order(product.id, max_price=product.g2a_price)
     assert order.price == product.g2a_price and order.currency == "EUR"
     assert client.order_details(order.order_id).status == "new"
-    with pytest.raises(G2APaymentNotReady) as not_ready:
+    with pytest.raises(g2a.G2APaymentNotReady) as not_ready:
         client.get_key(order.order_id)
     assert not_ready.value.code == "ORD03"
     payment = client.pay_order(order.order_id)
     assert client.pay_order(order.order_id) == payment
     assert client.order_details(order.order_id).status == "complete"
     assert client.get_key(order.order_id).count("-") == 2
-    with pytest.raises(G2AKeyAlreadyDownloaded):
+    with pytest.raises(g2a.G2AKeyAlreadyDownloaded):
         client.get_key(order.order_id)
-    with pytest.raises(G2AOrderNotFound) as missing:
+    with pytest.raises(g2a.G2AOrderNotFound) as missing:
         client.order_details("404404")
     assert missing.value.http_status == 404
-    with pytest.raises(G2ABadRequest) as bad:
+    with pytest.raises(g2a.G2ABadRequest) as bad:
         client.list_products(page=501)
     assert bad.value.code == "BR01"
-    with pytest.raises(G2ABadRequest) as too_cheap:
+    with pytest.raises(g2a.G2ABadRequest) as too_cheap:
         client.create_order(product.id, max_price=Decimal("0.01"))
     assert too_cheap.value.code == "ORD05"
     httpx.post(sim.url + "/_sim/config", json={"funds": 0})
     try:
-        with pytest.raises(G2AInsufficientFunds):
+        with pytest.raises(g2a.G2AInsufficientFunds):
             client.create_order(product.id, max_price=product.g2a_price)
     finally:
         httpx.post(sim.url + "/_sim/config", json={"funds": 1_000_000})
@@ -99,7 +86,7 @@ def test_order_flow_and_typed_errors(sim: SimServer, make_g2a: MakeClient) -> No
         httpx.Client(base_url=sim.url), email=DEFAULT_EMAIL, api_hash=DEFAULT_API_HASH,
         api_secret="nope",
     )
-    with pytest.raises(G2AAuthError):
+    with pytest.raises(g2a.G2AAuthError):
         wrong.list_products()
     assert wrong.requests_made == 1  # 4xx business errors are never retried
 
@@ -135,19 +122,19 @@ def test_retries_transient_faults_then_succeeds(sim: SimServer, make_g2a: MakeCl
 def test_gives_up_with_typed_errors(sim: SimServer, make_g2a: MakeClient) -> None:
     _fault(sim, status=503, rate=1.0)
     client = make_g2a(sim, max_attempts=3)
-    with pytest.raises(G2AUnavailable) as unavailable:
+    with pytest.raises(g2a.G2AUnavailable) as unavailable:
         client.list_products()
     assert unavailable.value.http_status == 503 and client.requests_made == 3
 
     _fault(sim, status=429, rate=1.0)
     client = make_g2a(sim, max_attempts=2, sleep=lambda _: None)
-    with pytest.raises(G2ARateLimited) as limited:
+    with pytest.raises(g2a.G2ARateLimited) as limited:
         client.list_products()
     assert limited.value.retry_after == 1.0 and client.requests_made == 2
 
     _fault(sim, status=0, rate=1.0)
     client = make_g2a(sim, max_attempts=2)
-    with pytest.raises(G2AProtocolError):
+    with pytest.raises(g2a.G2AProtocolError):
         client.list_products()
 
 
@@ -160,7 +147,7 @@ def test_create_order_is_not_retried_once_it_may_have_reached_g2a(
     assert product.g2a_price is not None
     before = httpx.get(sim.url + "/_sim/stats").json()["requests_by_path"]["/v1/order"]
     _fault(sim, status=500, count=1, paths="/v1/order")
-    with pytest.raises(G2AUnavailable):
+    with pytest.raises(g2a.G2AUnavailable):
         client.create_order(product.id, max_price=product.g2a_price)
     after = httpx.get(sim.url + "/_sim/stats").json()["requests_by_path"]["/v1/order"]
     assert after - before == 1
@@ -177,7 +164,7 @@ def test_connect_errors_are_retried_even_for_create_order(make_g2a: MakeClient) 
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=1.0), email="e",
         api_hash="h", api_secret="s", max_attempts=3, sleep=lambda _: None,
     )
-    with pytest.raises(G2AUnavailable) as exc:
+    with pytest.raises(g2a.G2AUnavailable) as exc:
         client.create_order("1", max_price=Decimal("1"))
     assert exc.value.request_sent is False and client.requests_made == 0
 
@@ -284,7 +271,7 @@ def test_get_product_finds_or_confirms_absence_paced_and_retried(
     assert client.get_product(everything[7].id) == everything[7]
     assert client.requests_made - before == 3  # the same retry policy as every call
     _fault(sim, status=503, rate=1.0, only="lookup")
-    with pytest.raises(G2AUnavailable):
+    with pytest.raises(g2a.G2AUnavailable):
         make_g2a(sim, max_attempts=2).get_product(everything[7].id)
     with pytest.raises(ValueError, match="product_id"):
         client.get_product(" ")
@@ -319,7 +306,7 @@ def test_get_product_refuses_an_answer_that_ignored_the_id_filter() -> None:
                              max_attempts=1)
                    for base in (server.url, server.url + "/odd")]
         for client in clients:
-            with pytest.raises(G2AProtocolError, match="look-up of product 1 "):
+            with pytest.raises(g2a.G2AProtocolError, match="look-up of product 1 "):
                 client.get_product("1")
         # A product that happens to be in the unfiltered answer does exist: found.
         on_page = listed["docs"][2]["id"]

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from g2a_sim import DEFAULT_API_HASH, DEFAULT_API_SECRET, DEFAULT_EMAIL, SimServer
 from services.cache import Cache
-from services.catalog.sync import SyncDeps
+from services.catalog import SyncDeps
 from services.g2a import G2AClient, RateLimiter
 from tests.services.catalog.support import FAST, MARKUP
 

@@ -197,3 +197,28 @@ def test_cache_without_outbox_never_raises(dead_redis_url: str) -> None:
     cache = Cache(make_cache_redis(dead_redis_url), None)
     assert cache.read_through("k", 1, lambda: 5) == 5
     assert cache.invalidate(["k"]) == 0
+
+
+def test_outbox_replay_invalidates_like_a_live_call(sessions, redis_url: str,
+                                                    redis_client) -> None:
+    """Replay runs the same invalidation as `invalidate`/`invalidate_pattern`: exact keys,
+    indexed families and scanned patterns go, and their generations move, so a read that
+    loaded before the replay cannot write its value back after it."""
+    cache = Cache(make_cache_redis(redis_url), CacheOutbox(sessions))
+    cache.replay_outbox()  # nothing pending: the cache is usable
+    for key in ("catalog:home", "user:u1:cart", "user:u1:orders", "user:u2:cart"):
+        cache.set(key, {"v": 1}, 60)
+    outbox = CacheOutbox(sessions)
+    outbox.record(["game:g1", "game:g1"], is_pattern=False)
+    outbox.record(["catalog:*", keys.user_pattern("u1")], is_pattern=True)
+
+    def loader() -> dict[str, int]:
+        # Loaded from "Postgres" before the invalidation lands: must not be stored.
+        assert cache.replay_outbox() == 4
+        return {"v": 1}
+
+    assert cache.read_through("game:g1", 60, loader) == {"v": 1}
+    assert [redis_client.exists(k) for k in
+            ("game:g1", "catalog:home", "user:u1:cart", "user:u1:orders", "user:u2:cart")] == [
+        0, 0, 0, 0, 1]
+    assert _outbox_rows(sessions) == 0

@@ -15,8 +15,9 @@ from db.models import CartItem, Game, User
 from keysync.embedded import free_port
 from keysync.resources import Resources
 from services.cache import keys
+from tests.services.accounts.support import job_outbox_inserts_fail
 from web.app import create_app
-from worker._broker import create_broker
+from worker.broker import create_broker
 
 
 @pytest.fixture
@@ -92,21 +93,10 @@ def test_concurrent_duplicate_registrations_give_201_and_409(client: TestClient,
 
 def test_register_injected_failure_after_insert_leaves_no_user(resources: Any, engine: Any,
                                                                session: Any) -> None:
-    with engine.begin() as conn:
-        conn.exec_driver_sql("""
-            CREATE FUNCTION test_fail_outbox() RETURNS trigger LANGUAGE plpgsql AS
-            $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$;
-            CREATE TRIGGER test_fail_outbox BEFORE INSERT ON job_outbox
-            FOR EACH ROW EXECUTE FUNCTION test_fail_outbox();
-        """)
-    try:
-        client = TestClient(create_app(resources), raise_server_exceptions=False)
+    client = TestClient(create_app(resources), raise_server_exceptions=False)
+    with job_outbox_inserts_fail(engine):
         response = client.post("/auth/register",
                                json={"email": "atomic@example.com", "password": "password1"})
-    finally:
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DROP TRIGGER test_fail_outbox ON job_outbox;"
-                                 "DROP FUNCTION test_fail_outbox();")
     assert response.status_code == 500
     assert response.json()["error"]["code"] == "internal_error"
     assert "Traceback" not in response.text and "injected" not in response.text

@@ -17,24 +17,21 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
-from db.models import Order, OrderStatus, Transaction, TransactionType, WebhookEvent
+from db.models import OrderStatus, WebhookEvent
 from keysync.embedded import free_port
 from keysync.resources import Resources
 from services.accounts import tokens
 from services.ops import invariants
-from services.orders import service as orders
-from services.orders import status as order_status
-from services.orders.fulfilment import Fulfiller, Outcome
+from services.orders.fulfilment import FulfilmentOutcome
 from services.webhooks import service as webhooks
 from tests.helpers import LiveServer, wait_until
+from tests.order_flows import fulfiller, order_row, place_order, refunds
 from tests.order_helpers import (
     TEST_SECRETS,
     balance,
     deliver_all,
     make_game,
-    make_user,
     signed_headers,
-    sim_client,
     sim_game,
     sim_server,
     status_body,
@@ -52,14 +49,8 @@ def client(resources: Any) -> Iterator[TestClient]:
 
 def _order(resources: Any, status: OrderStatus = OrderStatus.PROCESSING
            ) -> tuple[uuid.UUID, uuid.UUID]:
-    user_id = make_user(resources.sessions, "100.00")
     game = make_game(resources.sessions, price="40.00")
-    view = orders.create_order(resources.sessions, resources.broker, resources.cache, user_id,
-                               [orders.LineRequest(game, 1)])
-    order_id = uuid.UUID(view["id"])
-    with resources.sessions() as s, s.begin():
-        order_status.apply(s, order_id, status, source="test")
-    return order_id, user_id
+    return place_order(resources, [(game, 1)], funds="100.00", status=status)
 
 
 def _events(resources: Any) -> int:
@@ -68,16 +59,7 @@ def _events(resources: Any) -> int:
 
 
 def _status(resources: Any, order_id: uuid.UUID) -> OrderStatus:
-    with resources.sessions() as s:
-        order = s.get(Order, order_id)
-        assert order is not None
-        return order.status
-
-
-def _refunds(resources: Any, order_id: uuid.UUID) -> int:
-    with resources.sessions() as s:
-        return int(s.scalar(select(func.count()).select_from(Transaction).where(
-            Transaction.order_id == order_id, Transaction.type == TransactionType.REFUND)) or 0)
+    return order_row(resources, order_id).status
 
 
 def _settled(resources: Any) -> bool:
@@ -128,7 +110,7 @@ def test_occurred_at_missing_or_not_iso8601_is_400_and_stores_nothing(
     assert "occurred_at" in r.json()["error"]["message"]
     assert _events(resources) == 0
     assert _status(resources, order_id) is OrderStatus.PROCESSING
-    assert _refunds(resources, order_id) == 0
+    assert refunds(resources, order_id) == 0
 
 
 def test_occurred_at_with_offset_or_z_is_accepted(resources: Any, client: TestClient) -> None:
@@ -226,7 +208,7 @@ def test_same_webhook_100_times_concurrently_has_one_effect(
     wait_until(lambda: _settled(resources), 10)
     assert _events(resources) == 1
     assert _status(resources, order_id) is OrderStatus.FAILED
-    assert _refunds(resources, order_id) == 1
+    assert refunds(resources, order_id) == 1
     assert balance(resources.sessions, user_id) == Decimal("100.00")
     with resources.sessions() as s:
         assert invariants.check(s, webhook_grace=False).ok
@@ -246,7 +228,7 @@ def test_out_of_order_and_repeated_failures(resources: Any, client: TestClient,
         wait_until(lambda: _settled(resources), 10)
     assert _status(resources, done) is OrderStatus.COMPLETED
     assert _status(resources, failing) is OrderStatus.FAILED
-    assert _refunds(resources, failing) == 1 and _refunds(resources, done) == 0
+    assert refunds(resources, failing) == 1 and refunds(resources, done) == 0
     assert balance(resources.sessions, user_id) == Decimal("100.00")
 
 
@@ -256,15 +238,9 @@ def test_simulator_webhook_resumes_fulfilment(resources: Any, redis_client: Any)
     with LiveServer(create_app(resources)) as server, sim_server(
         webhook_url=server.url + "/webhooks/g2a", webhook_secret=TEST_SECRETS[0], key_delay_s=1.0
     ) as sim:
-        user_id = make_user(resources.sessions, "500.00")
-        game = sim_game(resources.sessions, sim)
-        view = orders.create_order(resources.sessions, resources.broker, resources.cache,
-                                   user_id, [orders.LineRequest(game, 1)])
-        order_id = uuid.UUID(view["id"])
-        fulfiller = Fulfiller(resources.sessions, sim_client(sim), resources.cache,
-                              resources.broker,
-                              resources.settings.key_encryption_key.get_secret_value())
-        assert fulfiller.run(order_id).outcome is Outcome.PENDING  # paid, key not ready
+        order_id, _ = place_order(resources, [(sim_game(resources.sessions, sim), 1)])
+        sim_fulfiller = fulfiller(resources, sim)
+        assert sim_fulfiller.run(order_id).outcome is FulfilmentOutcome.PENDING  # key not ready
         event_id = wait_until(lambda: _event_ids(resources), timeout_s=10)[0]
         result = webhooks.process_event(resources.sessions, resources.broker, resources.cache,
                                         event_id)
@@ -272,7 +248,7 @@ def test_simulator_webhook_resumes_fulfilment(resources: Any, redis_client: Any)
         queued = [m for m in redis_client.hvals("dramatiq:default.msgs")
                   if b"fulfil_order" in m and str(order_id).encode() in m]
         assert queued, "processing the webhook must queue fulfilment"
-        assert fulfiller.run(order_id).outcome is Outcome.COMPLETED
+        assert sim_fulfiller.run(order_id).outcome is FulfilmentOutcome.COMPLETED
 
 
 def _event_ids(resources: Any) -> list[str]:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import sessionmaker
 
 from db.models import JobOutbox
 from services import job_outbox
-from worker._broker import create_broker
+from worker.broker import create_broker
 from worker.enqueue import Actor, enqueue, send_now
 
 

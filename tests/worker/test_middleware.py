@@ -13,15 +13,16 @@ import structlog
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, SkipMessage
 from prometheus_client import REGISTRY
 
+from jobs import broker as jobs_broker
 from tests.helpers import stop_worker, wait_until
-from worker import current_job
 from worker._logging import LoggingContextMiddleware
 from worker._metrics import JOBS, MetricsMiddleware
+from worker.context import current_job
 
 seen: list[dict[str, object]] = []
 
 
-@dramatiq.actor(queue_name="test-middleware", max_retries=0)
+@dramatiq.actor(broker=jobs_broker, queue_name="test-middleware", max_retries=0)
 def _probe(value: int) -> None:
     job = current_job()
     context = structlog.contextvars.get_contextvars()
@@ -66,8 +67,8 @@ WORK_S = 0.1
 attempts: list[dict[str, Any]] = []
 
 
-@dramatiq.actor(queue_name="test-middleware-retry", max_retries=1, min_backoff=1000,
-                max_backoff=1000)
+@dramatiq.actor(broker=jobs_broker, queue_name="test-middleware-retry", max_retries=1,
+                min_backoff=1000, max_backoff=1000)
 def _flaky() -> None:
     message = CurrentMessage.get_current_message()
     assert message is not None
@@ -77,7 +78,7 @@ def _flaky() -> None:
     time.sleep(WORK_S)  # the work whose duration the middleware measures
 
 
-@dramatiq.actor(queue_name="test-middleware-skip", max_retries=0)
+@dramatiq.actor(broker=jobs_broker, queue_name="test-middleware-skip", max_retries=0)
 def _skipped() -> None:
     raise AssertionError("a skipped message never reaches its actor")
 

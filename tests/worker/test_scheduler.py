@@ -19,19 +19,15 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import pytest
 from apscheduler.triggers.cron import CronTrigger
 
+import jobs
 from services.locks import SCHEDULER_LOCK
-from services.scheduling import (
-    STATE_KEY,
-    Outcome,
-    ScheduledJob,
-    ScheduleRunner,
-    default_jobs,
-    latest_due_tick,
-    read_state,
-)
 from tests.helpers import wait_until
+from worker.election import STATE_KEY, Outcome, ScheduleRunner, read_state
+from worker.enqueue import Actor
+from worker.schedule import Every, ScheduledJob, collect, cron_trigger, latest_due_tick
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 EVERY_10S = CronTrigger(second="*/10", timezone=UTC)
@@ -72,9 +68,10 @@ def test_latest_due_tick_walks_the_cron_in_utc() -> None:
     assert latest_due_tick(twice_a_day, T0, T0 - timedelta(hours=11)) == T0.replace(hour=2)
 
 
-def test_default_schedule_names_the_actors_and_full_scheduled_syncs() -> None:
-    jobs = {job.name: job for job in default_jobs("0 2,14 * * *", "*/15 * * * *")}
-    assert set(jobs) == {
+def test_default_schedule_names_the_actors_and_full_scheduled_syncs(settings: Any) -> None:
+    assert (settings.sync_cron, settings.stock_check_cron) == ("0 2,14 * * *", "*/15 * * * *")
+    scheduled = {job.name: job for job in jobs.schedule(settings)}
+    assert set(scheduled) == {
         "catalog_sync",
         "stock_check",
         "poll_order_status",
@@ -82,11 +79,37 @@ def test_default_schedule_names_the_actors_and_full_scheduled_syncs() -> None:
         "relay_job_outbox",
         "replay_cache_outbox",
     }
-    assert jobs["catalog_sync"].args == (True,)
-    assert jobs["catalog_sync"].trigger.get_next_fire_time(None, T0) == T0.replace(hour=14)
-    assert jobs["replay_cache_outbox"].trigger.get_next_fire_time(
+    assert all(job.actor == name for name, job in scheduled.items())
+    assert scheduled["catalog_sync"].args == (True,)
+    assert scheduled["catalog_sync"].grace_s == 3600
+    assert scheduled["catalog_sync"].trigger.get_next_fire_time(None, T0) == T0.replace(hour=14)
+    assert scheduled["stock_check"].trigger.get_next_fire_time(
+        None, T0 + timedelta(seconds=1)) == T0.replace(minute=15)
+    assert scheduled["poll_order_status"].trigger.get_next_fire_time(
+        None, T0 + timedelta(seconds=1)
+    ) == T0 + timedelta(minutes=1)
+    assert scheduled["replay_cache_outbox"].trigger.get_next_fire_time(
         None, T0 + timedelta(seconds=1)
     ) == T0 + timedelta(seconds=10)
+    # Every scheduled actor is one `jobs` declares.
+    assert {job.actor for job in scheduled.values()} <= set(jobs.broker.get_declared_actors())
+
+
+def test_the_operator_crons_apply(settings: Any) -> None:
+    custom = settings.model_copy(
+        update={"sync_cron": "30 3 * * *", "stock_check_cron": "5 * * * *"})
+    scheduled = {job.name: job for job in jobs.schedule(custom)}
+    assert scheduled["catalog_sync"].trigger.get_next_fire_time(None, T0) == (
+        T0 + timedelta(days=1)).replace(hour=3, minute=30)
+    assert scheduled["stock_check"].trigger.get_next_fire_time(None, T0) == T0.replace(minute=5)
+
+
+def test_schedule_declarations_are_checked(settings: Any) -> None:
+    with pytest.raises(ValueError, match="5 or 6 fields"):
+        cron_trigger("* * *")
+    twice = Every(Actor.STOCK_CHECK, "* * * * *", grace_s=60)
+    with pytest.raises(ValueError, match="scheduled twice"):
+        collect(settings, [twice, twice])
 
 
 def test_only_the_leader_fires_and_each_tick_once(redis_client: Any, broker: Any) -> None:
@@ -170,7 +193,7 @@ def test_takeover_fires_the_missed_tick_once_and_stale_ticks_never(
 
 
 def test_a_broker_failure_gives_the_tick_back(redis_client: Any, dead_redis_url: str) -> None:
-    from worker._broker import create_broker
+    from worker.broker import create_broker
 
     clock = FakeClock(T0 + timedelta(seconds=1))
     dead = runner(redis_client, create_broker(dead_redis_url), clock, "a")
@@ -193,8 +216,8 @@ from apscheduler.triggers.cron import CronTrigger
 from keysync.logging import configure_logging
 from keysync.resources import make_redis
 from keysync.settings import get_settings
-from services.scheduling import ScheduledJob
-from worker import broker
+from worker.broker import make_broker
+from worker.schedule import ScheduledJob
 from worker.scheduler import main
 
 configure_logging("console", "INFO")
@@ -202,7 +225,7 @@ jobs = [
     ScheduledJob("every2", "probe_every2", CronTrigger(second="*/2", timezone=UTC), (), 2),
     ScheduledJob("every3", "probe_every3", CronTrigger(second="*/3", timezone=UTC), (), 3),
 ]
-main(make_redis(get_settings().redis_url), broker, jobs, leader_ttl_ms=1000,
+main(make_redis(get_settings().redis_url), make_broker(get_settings()), jobs, leader_ttl_ms=1000,
      standby_interval_s=0.15)
 """
 

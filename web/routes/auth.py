@@ -2,79 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import APIRouter, Header
-from pydantic import BaseModel, Field, field_validator
+from fastapi import APIRouter
 
 from services.accounts import auth
-from web.deps import ResourcesDep
-from web.errors import ApiError
-from web.routes.cart import parse_session_id
+from services.accounts.schemas import AuthView, Credentials, LoginView, RegisterIn, UserView
+from web.deps import GuestSessionIdDep, ResourcesDep
+from web.errors import error_responses
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
-# Deliberately loose (one @, a dot in the domain, no spaces): the welcome email is the
-# real check, and stricter patterns reject valid addresses.
-_EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+
+@router.post(
+    "/register",
+    status_code=201,
+    response_model=AuthView,
+    responses=error_responses(409),
+)
+def register(body: RegisterIn, resources: ResourcesDep) -> AuthView:
+    result = auth.register(
+        resources.sessions,
+        resources.broker,
+        resources.settings,
+        email=body.email,
+        password=body.password,
+        name=body.name,
+    )
+    return AuthView(user=UserView.model_validate(result.user), token=result.token)
 
 
-class Credentials(BaseModel):
-    email: str = Field(max_length=320)
-    password: str = Field(min_length=1, max_length=1024)
-
-    @field_validator("email")
-    @classmethod
-    def _strip(cls, value: str) -> str:
-        return value.strip()
-
-
-class RegisterIn(Credentials):
-    email: str = Field(max_length=320, pattern=_EMAIL_PATTERN)
-    # argon2 accepts any length; the upper bound only caps the work one request can cause.
-    password: str = Field(min_length=8, max_length=1024)
-    name: str = Field(default="", max_length=200)
-
-
-def _auth_body(result: auth.AuthResult) -> dict[str, Any]:
-    return {"user": auth.user_view(result.user), "token": result.token}
-
-
-@router.post("/register", status_code=201)
-def register(body: RegisterIn, resources: ResourcesDep) -> Any:
-    try:
-        result = auth.register(
-            resources.sessions,
-            resources.broker,
-            resources.settings,
-            email=body.email,
-            password=body.password,
-            name=body.name.strip(),
-        )
-    except auth.EmailTaken:
-        raise ApiError(409, "email_taken", "An account with this email already exists.") from None
-    return _auth_body(result)
-
-
-@router.post("/login")
-def login(
-    body: Credentials,
-    resources: ResourcesDep,
-    x_session_id: Annotated[str | None, Header()] = None,
-) -> Any:
-    session_id = parse_session_id(x_session_id)
-    try:
-        result = auth.login(
-            resources.sessions,
-            resources.cache,
-            resources.broker,
-            resources.settings,
-            email=body.email,
-            password=body.password,
-            session_id=session_id,
-        )
-    except auth.InvalidCredentials:
-        raise ApiError(
-            401, "invalid_credentials", "Email or password is incorrect."
-        ) from None
-    return {**_auth_body(result), "migration": result.migration}
+@router.post("/login", response_model=LoginView, responses=error_responses(401))
+def login(body: Credentials, resources: ResourcesDep, session_id: GuestSessionIdDep) -> LoginView:
+    result = auth.login(
+        resources.sessions,
+        resources.cache,
+        resources.broker,
+        resources.settings,
+        email=body.email,
+        password=body.password,
+        session_id=session_id,
+    )
+    return LoginView(
+        user=UserView.model_validate(result.user), token=result.token, migration=result.migration
+    )

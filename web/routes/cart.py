@@ -1,90 +1,68 @@
-"""Endpoints: cart (CONTRACT §5). The owner is the bearer token's user, else X-Session-Id."""
+"""Endpoints: cart and wishlist (CONTRACT §5). The owner is the bearer token's user, else
+the guest's X-Session-Id (`web.deps.current_owner`).
+
+Both are `services.cart.store.ItemStore`s, so reading and removing are the same two
+endpoints over either store; only adding differs (a cart line has a quantity).
+"""
 
 from __future__ import annotations
 
-import re
 import uuid
-from typing import Annotated, Any
+from enum import Enum
+from typing import TypeVar
 
-from fastapi import APIRouter, Depends, Header
-from pydantic import BaseModel, Field
+from fastapi import APIRouter
+from pydantic import BaseModel
 
 from services.cart import service as cart
-from services.cart.service import Owner
-from web.deps import OptionalUserIdDep, ResourcesDep, SessionDep
-from web.errors import ApiError
+from services.cart import wishlist
+from services.cart.schemas import CartItemIn, CartView, WishlistItemIn, WishlistView
+from services.cart.store import ItemStore
+from web.deps import OwnerDep, ResourcesDep, SessionDep
+from web.errors import error_responses
 
-router = APIRouter(tags=["cart"])
+router = APIRouter()
 
-# Session ids end up inside cache keys and logs: a short, glob-free alphabet keeps them inert.
-SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_OWNER_ERRORS = (401,)  # no owner, or a bad token (a malformed session id is 400)
+_PUT_ERRORS = error_responses(*_OWNER_ERRORS, 404, 409)  # unknown game, unavailable game
 
-
-def parse_session_id(value: str | None) -> str | None:
-    """A validated X-Session-Id, None when absent; 400 when malformed."""
-    if value is None:
-        return None
-    if not SESSION_ID_PATTERN.fullmatch(value):
-        raise ApiError(
-            400,
-            "invalid_session_id",
-            "X-Session-Id must be 1-128 characters of letters, digits, '.', '_' or '-'.",
-        )
-    return value
+ViewT = TypeVar("ViewT", bound=BaseModel)
 
 
-def current_owner(
-    user_id: OptionalUserIdDep,
-    x_session_id: Annotated[str | None, Header()] = None,
-) -> Owner:
-    """The signed-in user (the header is then ignored), else the guest session."""
-    if user_id is not None:
-        return Owner.user(user_id)
-    session_id = parse_session_id(x_session_id)
-    if session_id is None:
-        raise ApiError(
-            401,
-            "owner_required",
-            "Send 'Authorization: Bearer <token>' or an X-Session-Id header for a guest.",
-            {"WWW-Authenticate": "Bearer"},
-        )
-    return Owner.guest(session_id)
+def _read_and_remove(path: str, store: ItemStore[ViewT]) -> None:
+    tags: list[str | Enum] = [store.name]
+
+    @router.get(
+        path, response_model=store.view, tags=tags, name=f"get_{store.name}",
+        responses=error_responses(*_OWNER_ERRORS),
+    )
+    def read(owner: OwnerDep, session: SessionDep, resources: ResourcesDep) -> BaseModel:
+        return store.get(session, resources.cache, owner)
+
+    @router.delete(
+        f"{path}/items/{{game_id}}", response_model=store.view, tags=tags,
+        name=f"delete_{store.name}_item", responses=error_responses(*_OWNER_ERRORS),
+    )
+    def remove(
+        game_id: uuid.UUID, owner: OwnerDep, session: SessionDep, resources: ResourcesDep
+    ) -> BaseModel:
+        return store.delete(session, resources.cache, owner, game_id)
 
 
-OwnerDep = Annotated[Owner, Depends(current_owner)]
+_read_and_remove("/cart", cart.CART)
+_read_and_remove("/wishlist", wishlist.WISHLIST)
 
 
-class CartItemIn(BaseModel):
-    game_id: uuid.UUID
-    quantity: int = Field(ge=cart.MIN_QUANTITY, le=cart.MAX_QUANTITY)
-
-
-def item_errors(exc: Exception, game_id: uuid.UUID) -> ApiError:
-    if isinstance(exc, cart.OwnerNotFound):
-        return ApiError(401, "unauthorized", "The token's user does not exist.",
-                        {"WWW-Authenticate": "Bearer"})
-    if isinstance(exc, cart.GameNotFound):
-        return ApiError(404, "game_not_found", f"Game {game_id} does not exist.")
-    return ApiError(409, "game_unavailable", f"Game {game_id} is not available.")
-
-
-@router.get("/cart")
-def get_cart(owner: OwnerDep, session: SessionDep, resources: ResourcesDep) -> Any:
-    return cart.get_cart(session, resources.cache, owner)
-
-
-@router.put("/cart/items")
+@router.put("/cart/items", response_model=CartView, tags=["cart"], responses=_PUT_ERRORS)
 def put_cart_item(
     body: CartItemIn, owner: OwnerDep, session: SessionDep, resources: ResourcesDep
-) -> Any:
-    try:
-        return cart.put_item(session, resources.cache, owner, body.game_id, body.quantity)
-    except (cart.GameNotFound, cart.GameUnavailable, cart.OwnerNotFound) as exc:
-        raise item_errors(exc, body.game_id) from None
+) -> CartView:
+    return cart.put_item(session, resources.cache, owner, body.game_id, body.quantity)
 
 
-@router.delete("/cart/items/{game_id}")
-def delete_cart_item(
-    game_id: uuid.UUID, owner: OwnerDep, session: SessionDep, resources: ResourcesDep
-) -> Any:
-    return cart.delete_item(session, resources.cache, owner, game_id)
+@router.put("/wishlist/items", response_model=WishlistView, tags=["wishlist"],
+            responses=_PUT_ERRORS)
+def put_wishlist_item(
+    body: WishlistItemIn, owner: OwnerDep, session: SessionDep, resources: ResourcesDep
+) -> WishlistView:
+    return wishlist.put_item(session, resources.cache, owner, body.game_id)

@@ -2,41 +2,69 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from pydantic import BaseModel
 
+from services.ops.probes import Probe, probe_database, probe_redis
 from web.deps import ResourcesDep
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+class Liveness(BaseModel):
+    status: str
 
 
-@router.get("/readyz")
+class ProbeCheck(BaseModel):
+    """`ms` when the dependency answered, else `error` (an exception type, never a message:
+    this endpoint is public and messages may name hosts)."""
+
+    ok: bool
+    ms: float | None = None
+    error: str | None = None
+
+
+class CacheCheck(BaseModel):
+    degraded: bool
+
+
+class ReadyChecks(BaseModel):
+    database: ProbeCheck
+    broker: ProbeCheck
+    cache: CacheCheck
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: ReadyChecks
+
+
+@router.get("/healthz", response_model=Liveness)
+def healthz() -> Liveness:
+    return Liveness(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Postgres or the broker is down"}},
+)
 def readyz(resources: ResourcesDep) -> JSONResponse:
     """Ready when Postgres and the broker answer; a dead cache only degrades."""
-    checks: dict[str, object] = {}
-    ready = True
-    started = time.perf_counter()
-    try:
-        with resources.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        checks["database"] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
-    except Exception as exc:
-        ready = False
-        checks["database"] = {"ok": False, "error": type(exc).__name__}
-    started = time.perf_counter()
-    try:
-        resources.broker.client.ping()  # type: ignore[attr-defined]
-        checks["broker"] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
-    except Exception as exc:
-        ready = False
-        checks["broker"] = {"ok": False, "error": type(exc).__name__}
-    checks["cache"] = {"degraded": not resources.cache.probe()}
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    database = probe_database(resources.engine)
+    broker = probe_redis(resources.broker.client)
+    ready = database.ok and broker.ok
+    checks = ReadyChecks(
+        database=_check(database),
+        broker=_check(broker),
+        cache=CacheCheck(degraded=not resources.cache.probe()),
+    )
+    body = Readiness(ready=ready, checks=checks).model_dump(mode="json", exclude_none=True)
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _check(probe: Probe) -> ProbeCheck:
+    if probe.ok:
+        return ProbeCheck(ok=True, ms=probe.latency_ms)
+    return ProbeCheck(ok=False, error=probe.error_type)

@@ -1,16 +1,17 @@
-"""Endpoints: orders (CONTRACT §5). Thin: validate, call services.orders.service, map refusals."""
+"""Endpoints: orders (CONTRACT §5). Thin: validate, call services.orders.service; its
+refusals (OrderError, GameUnavailable) become HTTP answers in web/errors.py."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field
 
 from services.orders import service as orders
+from services.orders.schemas import OrderList, OrderView
 from web.deps import ResourcesDep, SessionDep, UserIdDep
-from web.errors import ApiError
+from web.errors import error_responses
 
 router = APIRouter(tags=["orders"])
 
@@ -26,29 +27,34 @@ class CreateOrder(BaseModel):
     )
 
 
-def _api_error(exc: orders.OrderError) -> ApiError:
-    return ApiError(exc.status, exc.code, exc.message)
-
-
-@router.post("/orders", status_code=201)
+# `keys` is only there for a COMPLETED order: omitted otherwise, never null.
+@router.post(
+    "/orders",
+    status_code=201,
+    response_model=OrderView,
+    response_model_exclude_none=True,
+    responses=error_responses(401, 402, 404, 409, 422),
+)
 def create_order(
     resources: ResourcesDep,
     user_id: UserIdDep,
     body: CreateOrder | None = Body(default=None),  # noqa: B008
-) -> dict[str, Any]:
+) -> OrderView:
     lines = None
     if body is not None and body.items is not None:
         lines = [orders.LineRequest(line.game_id, line.quantity) for line in body.items]
-    try:
-        return orders.create_order(
-            resources.sessions, resources.broker, resources.cache, user_id, lines
-        )
-    except orders.OrderError as exc:
-        raise _api_error(exc) from None
+    return orders.create_order(
+        resources.sessions, resources.broker, resources.cache, user_id, lines
+    )
 
 
-@router.get("/orders")
-def list_orders(session: SessionDep, resources: ResourcesDep, user_id: UserIdDep) -> dict[str, Any]:
+@router.get(
+    "/orders",
+    response_model=OrderList,
+    response_model_exclude_none=True,
+    responses=error_responses(401),
+)
+def list_orders(session: SessionDep, resources: ResourcesDep, user_id: UserIdDep) -> OrderList:
     return orders.list_orders(
         session,
         resources.cache,
@@ -57,17 +63,19 @@ def list_orders(session: SessionDep, resources: ResourcesDep, user_id: UserIdDep
     )
 
 
-@router.get("/orders/{order_id}")
+@router.get(
+    "/orders/{order_id}",
+    response_model=OrderView,
+    response_model_exclude_none=True,
+    responses=error_responses(401, 404),
+)
 def get_order(
     order_id: uuid.UUID, session: SessionDep, resources: ResourcesDep, user_id: UserIdDep
-) -> dict[str, Any]:
-    try:
-        return orders.get_order(
-            session,
-            resources.cache,
-            user_id,
-            order_id,
-            key_encryption_key=resources.settings.key_encryption_key.get_secret_value(),
-        )
-    except orders.OrderError as exc:
-        raise _api_error(exc) from None
+) -> OrderView:
+    return orders.get_order(
+        session,
+        resources.cache,
+        user_id,
+        order_id,
+        key_encryption_key=resources.settings.key_encryption_key.get_secret_value(),
+    )

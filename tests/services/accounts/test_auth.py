@@ -18,7 +18,8 @@ from db.models import CartItem, Game, JobOutbox, Transaction, TransactionType, U
 from services.accounts import auth, email, tokens
 from services.cart.service import Owner
 from tests.helpers import lock_waiters, wait_until
-from worker._broker import create_broker
+from tests.services.accounts.support import job_outbox_inserts_fail
+from worker.broker import create_broker
 
 # Cheap parameters where the hash cost is not what a test is about.
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -55,21 +56,9 @@ def test_register_is_atomic_when_a_step_after_the_insert_fails(
 ) -> None:
     # T009: a real database failure after the user row is inserted (staging the welcome
     # email raises), so the transaction must leave no user behind.
-    with engine.begin() as conn:
-        conn.exec_driver_sql("""
-            CREATE FUNCTION test_fail_outbox() RETURNS trigger LANGUAGE plpgsql AS
-            $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$;
-            CREATE TRIGGER test_fail_outbox BEFORE INSERT ON job_outbox
-            FOR EACH ROW EXECUTE FUNCTION test_fail_outbox();
-        """)
-    try:
-        with pytest.raises(DBAPIError, match="injected failure"):
-            auth.register(sessions, broker, settings, email="atomic@example.com",
-                          password="password1", hasher=FAST)
-    finally:
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DROP TRIGGER test_fail_outbox ON job_outbox;"
-                                 "DROP FUNCTION test_fail_outbox();")
+    with job_outbox_inserts_fail(engine), pytest.raises(DBAPIError, match="injected failure"):
+        auth.register(sessions, broker, settings, email="atomic@example.com",
+                      password="password1", hasher=FAST)
     assert count(session, User) == 0
     assert count(session, JobOutbox) == 0
 

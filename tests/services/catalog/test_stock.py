@@ -14,25 +14,21 @@ from db.models import Game, SyncRun
 from g2a_sim import SimServer
 from services.cache import Cache
 from services.cache import keys as cache_keys
-from services.catalog.sync import LockHeld, run_catalog_sync, run_stock_check, shop_price
+from services.catalog import LockHeld, SyncDeps, run_stock_check, shop_price
 from services.locks import SYNC_LOCK
-from tests.services.catalog.support import MARKUP, game_ids, row_versions, sim_post
+from tests.services.catalog.support import MARKUP, cache_games, row_versions, sim_post
 
 
 def test_t018_stock_check_invalidates_only_games_whose_stock_or_price_changed(
-    sim: SimServer, make_deps: Any, session: Session, redis_client: redis_lib.Redis,
+    sim: SimServer, synced: SyncDeps, session: Session, redis_client: redis_lib.Redis,
     cache: Cache,
 ) -> None:
-    deps = make_deps(sim)
-    run_catalog_sync(deps, full=True)
-    ids = game_ids(session, [str(p) for p in sim.state.ids])
-    for gid in ids.values():
-        cache.set(cache_keys.game(gid), {"cached": True}, cache_keys.GAME_TTL)
+    ids = cache_games(cache, session, [str(p) for p in sim.state.ids])
     cache.set("catalog:featured", {"cached": True}, cache_keys.LIST_TTL)
 
     mutated = sim_post(sim, "/_sim/mutate", {"changed": 4, "out_of_stock": 3, "added": 2})
     touched = set(mutated["changed"]) | set(mutated["out_of_stock"])
-    result = run_stock_check(deps)
+    result = run_stock_check(synced)
     assert (result.kind, result.status) == ("stock", "succeeded")
     assert result.updated == 7 and result.added == 0 and result.removed == 0
     for pid, gid in ids.items():
@@ -54,32 +50,28 @@ def test_t018_stock_check_invalidates_only_games_whose_stock_or_price_changed(
 
 
 def test_unchanged_stock_writes_and_invalidates_nothing(
-    sim: SimServer, make_deps: Any, session: Session, redis_client: redis_lib.Redis,
+    synced: SyncDeps, session: Session, redis_client: redis_lib.Redis,
     cache: Cache,
 ) -> None:
-    deps = make_deps(sim)
-    run_catalog_sync(deps, full=True)
     cache.set("catalog:featured", {"cached": True}, cache_keys.LIST_TTL)
     before = row_versions(session)
-    result = run_stock_check(deps)
+    result = run_stock_check(synced)
     assert result.status == "succeeded" and result.updated == 0 and result.unchanged == 300
     assert result.invalidated_keys == 0 and row_versions(session) == before
     assert redis_client.exists("catalog:featured")
 
 
 def test_failed_pages_never_invent_stock(
-    sim: SimServer, make_deps: Any, session: Session,
+    sim: SimServer, synced: SyncDeps, session: Session,
 ) -> None:
-    deps = make_deps(sim)
-    run_catalog_sync(deps, full=True)
     sim_post(sim, "/_sim/mutate", {"out_of_stock": 40})
     sim_post(sim, "/_sim/faults", {"rate": 1.0, "status": 400, "paths": "/v1/products"})
     before = row_versions(session)
-    failed = run_stock_check(deps)
+    failed = run_stock_check(synced)
     assert failed.status == "failed" and failed.updated == 0
     assert row_versions(session) == before  # nothing guessed, nothing zeroed
     httpx.delete(sim.url + "/_sim/faults", timeout=5.0).raise_for_status()
-    ok = run_stock_check(deps)
+    ok = run_stock_check(synced)
     assert ok.status == "succeeded" and ok.updated == 40
     assert session.scalar(select(func.count()).select_from(SyncRun)) == 3
 
@@ -95,14 +87,12 @@ def test_stock_check_shares_the_sync_lock(
 
 
 def test_partial_stock_check_leaves_unfetched_games_as_they_were(
-    sim: SimServer, make_deps: Any, session: Session,
+    sim: SimServer, synced: SyncDeps, session: Session,
 ) -> None:
-    deps = make_deps(sim)
-    run_catalog_sync(deps, full=True)
     before = {g.g2a_product_id: (g.g2a_qty, g.in_stock) for g in session.scalars(select(Game))}
     mutated = sim_post(sim, "/_sim/mutate", {"out_of_stock": 60})
     sim_post(sim, "/_sim/faults", {"rate": 0.5, "status": 400, "paths": "/v1/products"})
-    result = run_stock_check(deps)
+    result = run_stock_check(synced)
     assert result.status == "partial" and 0 < result.updated < 60
     session.expire_all()
     now = {g.g2a_product_id: (g.g2a_qty, g.in_stock) for g in session.scalars(select(Game))}

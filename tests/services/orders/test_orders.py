@@ -15,40 +15,35 @@ from sqlalchemy.exc import DBAPIError
 from db.models import (
     CartItem,
     JobOutbox,
-    Order,
-    OrderItem,
     OrderStatus,
     Transaction,
     TransactionStatus,
     TransactionType,
 )
+from keysync.resources import Resources
 from services.cache import keys
-from services.ops import invariants
+from services.games.errors import GameUnavailable
 from services.orders import service as orders
+from services.orders.errors import EmptyOrder, InsufficientBalance, OrderNotFound
 from tests.helpers import wait_until
+from tests.order_flows import assert_invariants
 from tests.order_helpers import balance, make_game, make_user
 
 
-def _counts(resources: Any) -> tuple[int, int, int]:
+def _counts(resources: Resources) -> tuple[int, int, int]:
+    """Orders, order items and PURCHASE transactions: all zero after a refused order."""
     with resources.sessions() as s:
-        return (
-            int(s.scalar(select(func.count()).select_from(Order)) or 0),
-            int(s.scalar(select(func.count()).select_from(OrderItem)) or 0),
-            int(s.scalar(select(func.count()).select_from(Transaction).where(
-                Transaction.type == TransactionType.PURCHASE)) or 0),
-        )
+        orders_, items, purchases = s.execute(text(
+            "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM order_items),"
+            " (SELECT count(*) FROM transactions WHERE type = 'PURCHASE')")).one()
+        return int(orders_), int(items), int(purchases)
 
 
-def _create(resources: Any, user_id: uuid.UUID, lines: list[orders.LineRequest] | None
+def _create(resources: Resources, user_id: uuid.UUID, lines: list[orders.LineRequest] | None
             ) -> dict[str, Any]:
+    """The new order in its JSON form (what `POST /orders` answers)."""
     return orders.create_order(resources.sessions, resources.broker, resources.cache, user_id,
-                               lines)
-
-
-def _assert_invariants(resources: Any) -> None:
-    with resources.sessions() as s:
-        report = invariants.check(s)
-    assert report.ok, report.as_dict()
+                               lines).model_dump(mode="json", exclude_none=True)
 
 
 def test_create_from_items(resources: Any, redis_client: Any) -> None:
@@ -72,7 +67,7 @@ def test_create_from_items(resources: Any, redis_client: Any) -> None:
         assert s.scalar(select(func.count()).select_from(JobOutbox)) == 0
     assert redis_client.llen("dramatiq:default") >= 1 or redis_client.hlen(
         "dramatiq:default.msgs") >= 1
-    _assert_invariants(resources)
+    assert_invariants(resources)
 
 
 def test_create_from_cart_clears_it_and_invalidates(resources: Any) -> None:
@@ -94,14 +89,14 @@ def test_create_from_cart_clears_it_and_invalidates(resources: Any) -> None:
 
 def test_empty_cart_is_refused(resources: Any) -> None:
     user_id = make_user(resources.sessions, "50.00")
-    with pytest.raises(orders.EmptyOrder):
+    with pytest.raises(EmptyOrder):
         _create(resources, user_id, None)
 
 
 def test_insufficient_balance_writes_nothing(resources: Any) -> None:
     user_id = make_user(resources.sessions, "9.99")
     game = make_game(resources.sessions, price="10.00")
-    with pytest.raises(orders.InsufficientBalance):
+    with pytest.raises(InsufficientBalance):
         _create(resources, user_id, [orders.LineRequest(game, 1)])
     assert _counts(resources) == (0, 0, 0)
     assert balance(resources.sessions, user_id) == Decimal("9.99")
@@ -115,7 +110,7 @@ def test_unavailable_game_writes_nothing(resources: Any, flag: str) -> None:
         resources.sessions, is_active=flag != "inactive", in_stock=flag != "out_of_stock")
     with resources.sessions() as s, s.begin():
         s.add(CartItem(user_id=user_id, game_id=good, quantity=1))
-    with pytest.raises(orders.GameUnavailable):
+    with pytest.raises(GameUnavailable):
         _create(resources, user_id, [orders.LineRequest(good, 1), orders.LineRequest(bad, 1)])
     assert _counts(resources) == (0, 0, 0)
     assert balance(resources.sessions, user_id) == Decimal("50.00")
@@ -202,14 +197,14 @@ def test_concurrent_orders_never_overspend(resources: Any) -> None:
         try:
             _create(resources, user_id, [orders.LineRequest(game, 1)])
             return "ok"
-        except orders.InsufficientBalance:
+        except InsufficientBalance:
             return "402"
 
     with ThreadPoolExecutor(12) as pool:
         outcomes = list(pool.map(buy, range(12)))
     assert outcomes.count("ok") == 5 and outcomes.count("402") == 7
     assert balance(resources.sessions, user_id) == Decimal("0.00")
-    _assert_invariants(resources)
+    assert_invariants(resources)
 
 
 def test_read_another_users_order_is_not_found(resources: Any) -> None:
@@ -221,9 +216,9 @@ def test_read_another_users_order_is_not_found(resources: Any) -> None:
     with resources.sessions() as s:
         mine = orders.get_order(s, resources.cache, owner, uuid.UUID(view["id"]),
                                 key_encryption_key=kek)
-        assert mine["status"] == OrderStatus.PENDING.value
-        with pytest.raises(orders.OrderNotFound):  # now served from the cache: still 404
+        assert mine.status is OrderStatus.PENDING and mine.keys is None
+        with pytest.raises(OrderNotFound):  # now served from the cache: still 404
             orders.get_order(s, resources.cache, other, uuid.UUID(view["id"]),
                              key_encryption_key=kek)
         listing = orders.list_orders(s, resources.cache, other, key_encryption_key=kek)
-        assert listing["items"] == [] and listing["total"] == 0
+        assert listing.items == [] and listing.total == 0

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
@@ -25,34 +24,32 @@ import pytest
 import structlog
 from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
-from db.models import (
-    G2APurchase,
-    G2APurchaseStatus,
-    Order,
-    OrderItem,
-    OrderStatus,
-    Transaction,
-    TransactionType,
-)
+from db.models import G2APurchase, G2APurchaseStatus, OrderStatus
 from g2a_sim.app import expected_authorization
 from g2a_sim.server import SimServer
-from services.accounts import tokens
+from keysync.resources import Resources
 from services.ops import invariants
-from services.orders import service as orders
-from services.orders.fulfilment import Fulfiller, Outcome
+from services.orders.fulfilment import FulfilmentOutcome
 from services.orders.polling import poll_order_status
 from services.webhooks import service as webhooks
 from tests.faults.support import KEYSYNC
 from tests.helpers import wait_until
+from tests.order_flows import (
+    assert_invariants,
+    bearer,
+    fulfiller,
+    order_row,
+    order_units,
+    place_order,
+    refunds,
+)
 from tests.order_helpers import (
     balance,
-    make_user,
     signed_headers,
     sim_client,
     sim_game,
-    sim_server,
     sim_stats,
     status_body,
 )
@@ -61,49 +58,20 @@ from web.app import create_app
 FUNDS = Decimal("500.00")
 
 
-@pytest.fixture
-def sim() -> Iterator[SimServer]:
-    with sim_server() as server:
-        yield server
+def _order(resources: Resources, sim: SimServer) -> tuple[uuid.UUID, uuid.UUID]:
+    return place_order(resources, [(sim_game(resources.sessions, sim), 1)], funds=str(FUNDS))
 
 
-def _fulfiller(resources: Any, sim: SimServer) -> Fulfiller:
-    return Fulfiller(
-        sessions=resources.sessions, g2a=sim_client(sim), cache=resources.cache,
-        broker=resources.broker,
-        key_encryption_key=resources.settings.key_encryption_key.get_secret_value(),
-    )
+def _unit(resources: Resources, order_id: uuid.UUID) -> G2APurchase:
+    (unit,) = order_units(resources, order_id)
+    return unit
 
 
-def _order(resources: Any, sim: SimServer) -> tuple[uuid.UUID, uuid.UUID]:
-    user_id = make_user(resources.sessions, FUNDS)
-    game = sim_game(resources.sessions, sim)
-    view = orders.create_order(resources.sessions, resources.broker, resources.cache, user_id,
-                               [orders.LineRequest(game, 1)])
-    return uuid.UUID(view["id"]), user_id
+def _order_status(resources: Resources, order_id: uuid.UUID) -> OrderStatus:
+    return order_row(resources, order_id).status
 
 
-def _unit(resources: Any, order_id: uuid.UUID) -> G2APurchase:
-    with resources.sessions() as s:
-        return s.scalars(
-            select(G2APurchase).join(OrderItem, OrderItem.id == G2APurchase.order_item_id)
-            .where(OrderItem.order_id == order_id)).one()
-
-
-def _order_status(resources: Any, order_id: uuid.UUID) -> OrderStatus:
-    with resources.sessions() as s:
-        order = s.get(Order, order_id)
-        assert order is not None
-        return order.status
-
-
-def _refunds(resources: Any, order_id: uuid.UUID) -> int:
-    with resources.sessions() as s:
-        return int(s.scalar(select(func.count()).select_from(Transaction).where(
-            Transaction.order_id == order_id, Transaction.type == TransactionType.REFUND)) or 0)
-
-
-def _status_webhook(resources: Any, app: TestClient, order_id: uuid.UUID, status: str) -> str:
+def _status_webhook(resources: Resources, app: TestClient, order_id: uuid.UUID, status: str) -> str:
     """A signed status webhook accepted over HTTP; returns its id (processing is the
     caller's, so it can run it in another thread)."""
     body = status_body(status, order_id=order_id)
@@ -112,22 +80,21 @@ def _status_webhook(resources: Any, app: TestClient, order_id: uuid.UUID, status
     return headers["webhook-id"]
 
 
-def _process(resources: Any, event_id: str) -> webhooks.ProcessResult:
+def _process(resources: Resources, event_id: str) -> webhooks.ProcessResult:
     return webhooks.process_event(resources.sessions, resources.broker, resources.cache,
                                   event_id)
 
 
-def _someone_waits_on_a_lock(resources: Any) -> bool:
+def _someone_waits_on_a_lock(resources: Resources) -> bool:
     with resources.sessions() as s:
         return bool(s.scalar(text(
             "SELECT count(*) FROM pg_stat_activity "
             "WHERE datname = current_database() AND wait_event_type = 'Lock'")))
 
 
-def _order_json(resources: Any, app: TestClient, user_id: uuid.UUID, order_id: uuid.UUID
+def _order_json(resources: Resources, app: TestClient, user_id: uuid.UUID, order_id: uuid.UUID
                 ) -> dict[str, Any]:
-    token = tokens.issue(user_id, resources.settings.jwt_secret.get_secret_value(), 600)
-    answer = app.get(f"/orders/{order_id}", headers={"Authorization": f"Bearer {token}"})
+    answer = app.get(f"/orders/{order_id}", headers=bearer(resources, user_id))
     assert answer.status_code == 200, answer.text
     return dict(answer.json())
 
@@ -139,17 +106,9 @@ def _keysync_check(*args: str) -> tuple[int, dict[str, Any]]:
     return done.returncode, json.loads(done.stdout)
 
 
-def _assert_invariants(resources: Any, sim: SimServer) -> invariants.InvariantReport:
-    with resources.sessions() as s:
-        report = invariants.check(s, paid_g2a_orders=sim_stats(sim)["orders_paid"],
-                                  webhook_grace=False)
-    assert report.ok, report.as_dict()
-    return report
-
-
 @pytest.mark.parametrize("refund_status", ["CANCELLED", "FAILED"])
 def test_refund_landing_between_pay_and_key_keeps_the_paid_key(
-    resources: Any, sim: SimServer, refund_status: str,
+    resources: Resources, sim: SimServer, refund_status: str,
 ) -> None:
     order_id, user_id = _order(resources, sim)
     app = TestClient(create_app(resources))
@@ -160,7 +119,7 @@ def test_refund_landing_between_pay_and_key_keeps_the_paid_key(
     httpx.post(sim.url + "/_sim/faults",
                json={"rate": 1.0, "latency_ms": 1500, "paths": "/v1/order/pay", "count": 1})
     with ThreadPoolExecutor(2) as pool:
-        fulfilment = pool.submit(_fulfiller(resources, sim).run, order_id)
+        fulfilment = pool.submit(fulfiller(resources, sim).run, order_id)
         wait_until(lambda: sim_stats(sim)["faults_injected"] == 1, what="pay in flight")
         status_change = pool.submit(_process, resources, event_id)
         wait_until(lambda: _someone_waits_on_a_lock(resources) or status_change.done(),
@@ -171,10 +130,10 @@ def test_refund_landing_between_pay_and_key_keeps_the_paid_key(
 
     assert processed.transition is not None and processed.transition.refunded
     assert processed.transition.previous is OrderStatus.PROCESSING  # it landed mid-fulfilment
-    assert result.outcome is Outcome.FAILED and result.kept_keys == 1, result
+    assert result.outcome is FulfilmentOutcome.FAILED and result.kept_keys == 1, result
     # the order stays as the webhook left it, refunded exactly once
     assert _order_status(resources, order_id) is OrderStatus(refund_status)
-    assert balance(resources.sessions, user_id) == FUNDS and _refunds(resources, order_id) == 1
+    assert balance(resources.sessions, user_id) == FUNDS and refunds(resources, order_id) == 1
     # the paid key is fetched and stored encrypted, not left at G2A
     unit = _unit(resources, order_id)
     assert unit.status is G2APurchaseStatus.DELIVERED and unit.key_encrypted is not None
@@ -188,30 +147,30 @@ def test_refund_landing_between_pay_and_key_keeps_the_paid_key(
     assert key not in json.dumps(view)
     # a redelivered job changes nothing and asks G2A for nothing
     requests = sim_stats(sim)["requests"]
-    assert _fulfiller(resources, sim).run(order_id).outcome is Outcome.SKIPPED
+    assert fulfiller(resources, sim).run(order_id).outcome is FulfilmentOutcome.SKIPPED
     assert sim_stats(sim)["requests"] == requests
     stats = sim_stats(sim)
     assert (stats["orders_paid"], stats["payments"], stats["keys_issued"]) == (1, 1, 1)
-    report = _assert_invariants(resources, sim)
+    report = assert_invariants(resources, sim, webhook_grace=False)
     assert report.g2a_paid == {"delivered": 0, "kept_for_support": 1, "awaiting_key": 0,
                                "key_lost": 0, "total": 1}
     assert report.paid_keys_not_fetched == []
 
 
 def test_poller_fetches_the_key_of_a_refunded_order_once_g2a_has_it(
-    resources: Any, sim: SimServer
+    resources: Resources, sim: SimServer
 ) -> None:
     """The key is not ready when the cancel lands; the run that sees the refund cannot fetch
     it either (ORD03), so the unit waits PAID and the poller brings fulfilment back."""
     httpx.post(sim.url + "/_sim/config", json={"key_delay_s": 30})
     order_id, user_id = _order(resources, sim)
-    f = _fulfiller(resources, sim)
-    assert f.run(order_id).outcome is Outcome.PENDING
+    f = fulfiller(resources, sim)
+    assert f.run(order_id).outcome is FulfilmentOutcome.PENDING
     app = TestClient(create_app(resources))
     assert _process(resources, _status_webhook(resources, app, order_id, "CANCELLED")
                     ).outcome == "processed"
     pending = f.run(order_id)
-    assert pending.outcome is Outcome.PENDING and "keeping paid keys" in pending.reason
+    assert pending.outcome is FulfilmentOutcome.PENDING and "keeping paid keys" in pending.reason
     assert _unit(resources, order_id).status is G2APurchaseStatus.PAID
 
     # until it is fetched the unit is listed; with no grace it is a violation
@@ -233,19 +192,19 @@ def test_poller_fetches_the_key_of_a_refunded_order_once_g2a_has_it(
     assert f.run(order_id).kept_keys == 1
     assert poll() == []
     assert _order_status(resources, order_id) is OrderStatus.CANCELLED
-    assert balance(resources.sessions, user_id) == FUNDS and _refunds(resources, order_id) == 1
+    assert balance(resources.sessions, user_id) == FUNDS and refunds(resources, order_id) == 1
     assert "keys" not in _order_json(resources, app, user_id, order_id)
     assert sim_stats(sim)["keys_issued"] == 1
-    _assert_invariants(resources, sim)
+    assert_invariants(resources, sim, webhook_grace=False)
 
 
 def test_paid_key_that_cannot_be_fetched_alerts_and_check_lists_it(
-    resources: Any, sim: SimServer
+    resources: Resources, sim: SimServer
 ) -> None:
     httpx.post(sim.url + "/_sim/config", json={"key_delay_s": 30})
     order_id, user_id = _order(resources, sim)
-    f = _fulfiller(resources, sim)
-    assert f.run(order_id).outcome is Outcome.PENDING
+    f = fulfiller(resources, sim)
+    assert f.run(order_id).outcome is FulfilmentOutcome.PENDING
     app = TestClient(create_app(resources))
     _process(resources, _status_webhook(resources, app, order_id, "CANCELLED"))
     # the key leaves G2A without us (e.g. downloaded from the G2A dashboard): ORD04 next
@@ -257,7 +216,7 @@ def test_paid_key_that_cannot_be_fetched_alerts_and_check_lists_it(
 
     with structlog.testing.capture_logs() as logs:
         result = f.run(order_id)
-    assert result.outcome is Outcome.SKIPPED and result.lost_keys == 1
+    assert result.outcome is FulfilmentOutcome.SKIPPED and result.lost_keys == 1
     alerts = [e for e in logs if e.get("alert") == "g2a_paid_after_refund"]
     assert len(alerts) == 1 and alerts[0]["log_level"] == "error"
     assert alerts[0]["order_id"] == str(order_id)
@@ -268,7 +227,7 @@ def test_paid_key_that_cannot_be_fetched_alerts_and_check_lists_it(
     requests = sim_stats(sim)["requests"]
     assert f.run(order_id).lost_keys == 0 and sim_stats(sim)["requests"] == requests
     assert _order_status(resources, order_id) is OrderStatus.CANCELLED
-    assert balance(resources.sessions, user_id) == FUNDS and _refunds(resources, order_id) == 1
+    assert balance(resources.sessions, user_id) == FUNDS and refunds(resources, order_id) == 1
     assert poll_order_status(resources.sessions, sim_client(sim), resources.broker,
                              min_age_s=0).resumed == []
 
@@ -286,12 +245,12 @@ def test_paid_key_that_cannot_be_fetched_alerts_and_check_lists_it(
     assert str(unit.g2a_order_id) in human.stdout and "key_lost" in human.stdout
 
 
-def test_check_fails_on_a_paid_key_nobody_fetched(resources: Any, sim: SimServer) -> None:
+def test_check_fails_on_a_paid_key_nobody_fetched(resources: Resources, sim: SimServer) -> None:
     """Past the grace, a paid unit of a final order with no key and no alert is a
     violation: exit 1 naming the unit."""
     httpx.post(sim.url + "/_sim/config", json={"key_delay_s": 30})
     order_id, _ = _order(resources, sim)
-    assert _fulfiller(resources, sim).run(order_id).outcome is Outcome.PENDING
+    assert fulfiller(resources, sim).run(order_id).outcome is FulfilmentOutcome.PENDING
     app = TestClient(create_app(resources))
     _process(resources, _status_webhook(resources, app, order_id, "FAILED"))
     code, report = _keysync_check("--no-cache")
@@ -305,9 +264,9 @@ def test_check_fails_on_a_paid_key_nobody_fetched(resources: Any, sim: SimServer
     assert violation["order_id"] == str(order_id) and violation["order_status"] == "FAILED"
 
 
-def test_check_is_clean_after_a_normal_purchase(resources: Any, sim: SimServer) -> None:
+def test_check_is_clean_after_a_normal_purchase(resources: Resources, sim: SimServer) -> None:
     order_id, user_id = _order(resources, sim)
-    assert _fulfiller(resources, sim).run(order_id).outcome is Outcome.COMPLETED
+    assert fulfiller(resources, sim).run(order_id).outcome is FulfilmentOutcome.COMPLETED
     app = TestClient(create_app(resources))
     view = _order_json(resources, app, user_id, order_id)  # fills the order cache entry
     assert view["status"] == "COMPLETED" and len(view["keys"]) == 1

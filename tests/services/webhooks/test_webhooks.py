@@ -14,25 +14,24 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from db.models import (
-    G2APurchase,
-    G2APurchaseStatus,
-    Order,
-    OrderItem,
-    OrderStatus,
-    Transaction,
-    TransactionType,
-    WebhookEvent,
-)
-from services.ops import invariants
+from db.models import G2APurchase, G2APurchaseStatus, OrderItem, OrderStatus, WebhookEvent
+from keysync.resources import Resources
 from services.orders import service as orders
-from services.orders import status as order_status
+from services.webhooks import intake
 from services.webhooks import service as webhooks
+from services.webhooks.errors import (
+    InvalidSignature,
+    InvalidTimestamp,
+    MalformedWebhook,
+    PayloadTooLarge,
+    WebhookRejected,
+)
+from services.webhooks.schemas import WebhookOutcome
+from tests.order_flows import assert_invariants, order_row, place_order, refunds
 from tests.order_helpers import (
     TEST_SECRETS,
     balance,
     make_game,
-    make_user,
     secret_bytes,
     signed_headers,
     status_body,
@@ -42,17 +41,19 @@ SECRETS = [secret_bytes(s) for s in TEST_SECRETS]
 
 
 def _verify(body: bytes, headers: dict[str, str], now: float | None = None) -> None:
-    webhooks.verify(
+    intake.verify(
         SECRETS, msg_id=headers.get("webhook-id"), timestamp=headers.get("webhook-timestamp"),
         signature=headers.get("webhook-signature"), body=body,
         now=time.time() if now is None else now,
     )
 
 
-def _rejected(body: bytes, headers: dict[str, str], now: float | None = None) -> int:
-    with pytest.raises(webhooks.WebhookRejected) as info:
+def _rejected(
+    body: bytes, headers: dict[str, str], now: float | None = None
+) -> type[WebhookRejected]:
+    with pytest.raises(WebhookRejected) as info:
         _verify(body, headers, now)
-    return info.value.status
+    return type(info.value)
 
 
 def test_verify_accepts_any_configured_secret_and_any_listed_signature() -> None:
@@ -67,17 +68,18 @@ def test_verify_accepts_any_configured_secret_and_any_listed_signature() -> None
 def test_verify_rejections() -> None:
     body = status_body("FAILED", order_id=uuid.uuid4())
     good = signed_headers(body)
-    assert _rejected(body + b" ", good) == 401  # body changed after signing
-    assert _rejected(body, {**good, "webhook-id": "other"}) == 401
-    assert _rejected(body, {k: v for k, v in good.items() if k != "webhook-signature"}) == 401
-    assert _rejected(body, {**good, "webhook-signature": "v1,not-base64!"}) == 401
+    assert _rejected(body + b" ", good) is InvalidSignature  # body changed after signing
+    assert _rejected(body, {**good, "webhook-id": "other"}) is InvalidSignature
+    unsigned = {k: v for k, v in good.items() if k != "webhook-signature"}
+    assert _rejected(body, unsigned) is InvalidSignature
+    assert _rejected(body, {**good, "webhook-signature": "v1,not-base64!"}) is InvalidSignature
     other = "whsec_" + "b3RoZXItc2VjcmV0LW90aGVyLXNlY3JldC1vdGhlcg=="
-    assert _rejected(body, signed_headers(body, secret=other)) == 401
+    assert _rejected(body, signed_headers(body, secret=other)) is InvalidSignature
     old = signed_headers(body, ts=int(time.time()) - 301)
-    assert _rejected(body, old) == 400
-    assert _rejected(body, signed_headers(body, ts=int(time.time()) + 301)) == 400
-    big = b"x" * (webhooks.MAX_BODY_BYTES + 1)
-    assert _rejected(big, signed_headers(big)) == 413
+    assert _rejected(body, old) is InvalidTimestamp
+    assert _rejected(body, signed_headers(body, ts=int(time.time()) + 301)) is InvalidTimestamp
+    big = b"x" * (intake.MAX_BODY_BYTES + 1)
+    assert _rejected(big, signed_headers(big)) is PayloadTooLarge
 
 
 @pytest.mark.parametrize(
@@ -94,9 +96,9 @@ def test_verify_rejections() -> None:
      status_body("SHIPPED", order_id=uuid.uuid4())],
 )
 def test_parse_rejects_malformed(body: bytes) -> None:
-    with pytest.raises(webhooks.WebhookRejected) as info:
-        webhooks.parse(body)
-    assert info.value.status == 400
+    with pytest.raises(MalformedWebhook) as info:
+        intake.parse(body)
+    assert info.value.code == "invalid_webhook"
 
 
 def _with_occurred_at(value: object, *, present: bool = True) -> bytes:
@@ -113,9 +115,9 @@ def _with_occurred_at(value: object, *, present: bool = True) -> bytes:
     _with_occurred_at(["2026-01-01T00:00:00Z"]), _with_occurred_at({"at": "2026-01-01"}),
 ])
 def test_parse_requires_an_iso8601_occurred_at(body: bytes) -> None:
-    with pytest.raises(webhooks.WebhookRejected) as info:
-        webhooks.parse(body)
-    assert (info.value.status, info.value.code) == (400, "invalid_webhook")
+    with pytest.raises(MalformedWebhook) as info:
+        intake.parse(body)
+    assert info.value.code == "invalid_webhook"
     assert "occurred_at" in info.value.message
 
 
@@ -126,64 +128,48 @@ def test_parse_requires_an_iso8601_occurred_at(body: bytes) -> None:
     ("20260101T000000Z", datetime(2026, 1, 1, tzinfo=UTC)),
 ])
 def test_parse_accepts_iso8601_forms(value: str, expected: datetime) -> None:
-    assert webhooks.parse(_with_occurred_at(value)).occurred_at == expected
+    assert intake.parse(_with_occurred_at(value)).occurred_at == expected
 
 
-def _order(resources: Any, status: OrderStatus | None = None) -> tuple[uuid.UUID, uuid.UUID]:
-    user_id = make_user(resources.sessions, "100.00")
+def _order(resources: Resources, status: OrderStatus | None = None
+           ) -> tuple[uuid.UUID, uuid.UUID]:
     game = make_game(resources.sessions, price="25.00")
-    view = orders.create_order(resources.sessions, resources.broker, resources.cache, user_id,
-                               [orders.LineRequest(game, 1)])
-    order_id = uuid.UUID(view["id"])
-    if status is not None:
-        with resources.sessions() as s, s.begin():
-            order_status.apply(s, order_id, status, source="test")
-    return order_id, user_id
+    return place_order(resources, [(game, 1)], funds="100.00", status=status)
 
 
-def _store(resources: Any, body: bytes, msg_id: str | None = None) -> str:
+def _store(resources: Resources, body: bytes, msg_id: str | None = None) -> str:
     msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
-    assert webhooks.store(resources.sessions, resources.broker, msg_id, webhooks.parse(body))
+    receipt = intake.store(resources.sessions, resources.broker, msg_id, intake.parse(body))
+    assert receipt.status == "accepted" and receipt.webhook_id == msg_id
     return msg_id
 
 
-def _process(resources: Any, msg_id: str) -> webhooks.ProcessResult:
+def _process(resources: Resources, msg_id: str) -> webhooks.ProcessResult:
     return webhooks.process_event(resources.sessions, resources.broker, resources.cache, msg_id)
 
 
-def _event(resources: Any, msg_id: str) -> WebhookEvent:
+def _event(resources: Resources, msg_id: str) -> WebhookEvent:
     with resources.sessions() as s:
         event = s.scalars(select(WebhookEvent).where(WebhookEvent.event_id == msg_id)).one()
         return event
 
 
-def _refunds(resources: Any, order_id: uuid.UUID) -> int:
-    with resources.sessions() as s:
-        return int(s.scalar(select(func.count()).select_from(Transaction).where(
-            Transaction.order_id == order_id, Transaction.type == TransactionType.REFUND)) or 0)
-
-
-def _assert_invariants(resources: Any) -> None:
-    with resources.sessions() as s:
-        report = invariants.check(s, webhook_grace=False)
-    assert report.ok, report.as_dict()
-
-
-def test_duplicate_webhook_id_is_stored_once(resources: Any) -> None:
+def test_duplicate_webhook_id_is_stored_once(resources: Resources) -> None:
     order_id, _ = _order(resources)
     body = status_body("FAILED", order_id=order_id)
     msg_id = _store(resources, body)
-    assert not webhooks.store(resources.sessions, resources.broker, msg_id, webhooks.parse(body))
+    again = intake.store(resources.sessions, resources.broker, msg_id, intake.parse(body))
+    assert again.status == "duplicate" and again.webhook_id == msg_id
     with resources.sessions() as s:
         assert s.scalar(select(func.count()).select_from(WebhookEvent)) == 1
 
 
-def test_same_event_processed_100_times_concurrently_has_one_effect(resources: Any) -> None:
+def test_same_event_processed_100_times_concurrently_has_one_effect(resources: Resources) -> None:
     order_id, user_id = _order(resources, OrderStatus.PROCESSING)
     msg_id = _store(resources, status_body("failed", order_id=order_id))
     barrier = threading.Barrier(20)
 
-    def hit(_: int) -> str:
+    def hit(_: int) -> WebhookOutcome:
         if _ < 20:
             barrier.wait()
         return _process(resources, msg_id).outcome
@@ -192,51 +178,50 @@ def test_same_event_processed_100_times_concurrently_has_one_effect(resources: A
         outcomes = list(pool.map(hit, range(100)))
     assert outcomes.count("processed") == 1 and outcomes.count("already") == 99
     assert balance(resources.sessions, user_id) == Decimal("100.00")
-    assert _refunds(resources, order_id) == 1
+    assert refunds(resources, order_id) == 1
     assert _event(resources, msg_id).attempts == 1
-    _assert_invariants(resources)
+    assert_invariants(resources, webhook_grace=False)
 
 
-def test_failed_delivered_twice_with_new_ids_refunds_once(resources: Any) -> None:
+def test_failed_delivered_twice_with_new_ids_refunds_once(resources: Resources) -> None:
     order_id, user_id = _order(resources, OrderStatus.PROCESSING)
     first = _store(resources, status_body("FAILED", order_id=order_id))
     second = _store(resources, status_body("FAILED", order_id=order_id))
     assert _process(resources, first).outcome == "processed"
     assert _process(resources, second).outcome == "ignored"
-    assert _refunds(resources, order_id) == 1
+    assert refunds(resources, order_id) == 1
     assert balance(resources.sessions, user_id) == Decimal("100.00")
-    _assert_invariants(resources)
+    assert_invariants(resources, webhook_grace=False)
 
 
-def test_completed_for_an_order_without_keys_resumes_fulfilment(resources: Any) -> None:
+def test_completed_for_an_order_without_keys_resumes_fulfilment(resources: Resources) -> None:
     order_id, _ = _order(resources, OrderStatus.PROCESSING)
     msg_id = _store(resources, status_body("COMPLETED", order_id=order_id))
     result = _process(resources, msg_id)
     assert result.outcome == "processed"  # acted on: fulfilment was queued
     assert result.transition is not None and result.transition.needs_fulfilment
     assert not result.transition.changed
-    with resources.sessions() as s:
-        assert s.get(Order, order_id).status is OrderStatus.PROCESSING  # type: ignore[union-attr]
+    assert order_row(resources, order_id).status is OrderStatus.PROCESSING
 
 
-def test_cached_order_shows_status_after_webhook(resources: Any) -> None:
+def test_cached_order_shows_status_after_webhook(resources: Resources) -> None:
     """T025: processing invalidates order:{id} and the user's keys."""
     order_id, user_id = _order(resources, OrderStatus.PROCESSING)
     kek = resources.settings.key_encryption_key.get_secret_value()
     with resources.sessions() as s:
         assert orders.get_order(s, resources.cache, user_id, order_id,
-                                key_encryption_key=kek)["status"] == "PROCESSING"
+                                key_encryption_key=kek).status is OrderStatus.PROCESSING
         assert orders.list_orders(s, resources.cache, user_id,
-                                  key_encryption_key=kek)["items"][0]["status"] == "PROCESSING"
+                                  key_encryption_key=kek).items[0].status is OrderStatus.PROCESSING
     _process(resources, _store(resources, status_body("Cancelled", order_id=order_id)))
     with resources.sessions() as s:
         assert orders.get_order(s, resources.cache, user_id, order_id,
-                                key_encryption_key=kek)["status"] == "CANCELLED"
+                                key_encryption_key=kek).status is OrderStatus.CANCELLED
         assert orders.list_orders(s, resources.cache, user_id,
-                                  key_encryption_key=kek)["items"][0]["status"] == "CANCELLED"
+                                  key_encryption_key=kek).items[0].status is OrderStatus.CANCELLED
 
 
-def test_orphan_is_kept_and_applied_when_the_g2a_order_appears(resources: Any) -> None:
+def test_orphan_is_kept_and_applied_when_the_g2a_order_appears(resources: Resources) -> None:
     order_id, user_id = _order(resources, OrderStatus.PROCESSING)
     external = "g2a-123456"
     msg_id = _store(resources, status_body("FAILED", external_order_id=external))
@@ -252,15 +237,17 @@ def test_orphan_is_kept_and_applied_when_the_g2a_order_appears(resources: Any) -
         staged = webhooks.enqueue_orphans(s, resources.broker, g2a_order_id=external)
     assert staged == [msg_id]
     assert _process(resources, msg_id).outcome == "processed"
+    assert order_row(resources, order_id).status is OrderStatus.FAILED
     with resources.sessions() as s:
-        assert s.get(Order, order_id).status is OrderStatus.FAILED  # type: ignore[union-attr]
         unit = s.scalars(select(G2APurchase)).one()
         assert unit.status is G2APurchaseStatus.FAILED
     assert balance(resources.sessions, user_id) == Decimal("100.00")
-    _assert_invariants(resources)
+    assert_invariants(resources, webhook_grace=False)
 
 
-def test_sweeper_requeues_lost_jobs_and_dead_letters(resources: Any, redis_client: Any) -> None:
+def test_sweeper_requeues_lost_jobs_and_dead_letters(
+    resources: Resources, redis_client: Any
+) -> None:
     order_id, _ = _order(resources, OrderStatus.PROCESSING)
     lost = _store(resources, status_body("FAILED", order_id=order_id))
     hopeless = _store(resources, status_body("FAILED", external_order_id="never-known"))
@@ -275,4 +262,4 @@ def test_sweeper_requeues_lost_jobs_and_dead_letters(resources: Any, redis_clien
     assert _process(resources, hopeless).outcome == "already"  # dead stays dead
     assert _process(resources, lost).outcome == "processed"
     assert webhooks.sweep(resources.sessions, resources.broker, min_age_s=0).requeued == 0
-    _assert_invariants(resources)
+    assert_invariants(resources, webhook_grace=False)

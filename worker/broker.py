@@ -1,8 +1,13 @@
-"""The dramatiq broker (Redis, from BROKER_URL) and its middleware list, set up once per process."""
+"""The dramatiq broker (Redis) and its middleware list.
+
+`make_broker(settings)` builds one for whoever needs to send jobs (the web app, a CLI
+command, the scheduler); it binds nothing global. Only the dramatiq entry module, `jobs`
+(what `keysync worker` hands to dramatiq), makes one the process's global broker and
+declares the actors against it.
+"""
 
 from __future__ import annotations
 
-import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import (
@@ -15,12 +20,14 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from keysync.settings import Settings
 from worker._logging import LoggingContextMiddleware
 from worker._metrics import MetricsMiddleware
 from worker._resources import ResourcesMiddleware
 
 
 def create_broker(url: str) -> RedisBroker:
+    """A broker on the Redis at `url` (tests hand write paths a dead one this way)."""
     # A short connect timeout so that a dead broker fails an enqueue fast (callers then fall
     # back to the outbox or run inline) instead of hanging a request.
     client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=10.0)
@@ -39,10 +46,10 @@ def create_broker(url: str) -> RedisBroker:
         CurrentMessage(),
         ResourcesMiddleware(),
     ]
-    return RedisBroker(client=client, middleware=middleware)
+    return RedisBroker(client=client, middleware=middleware)  # type: ignore[no-untyped-call]
 
 
-def setup_broker(url: str) -> RedisBroker:
-    broker = create_broker(url)
-    dramatiq.set_broker(broker)
-    return broker
+def make_broker(settings: Settings) -> RedisBroker:
+    """The broker of BROKER_URL (exit 2 naming the variable when it is unset)."""
+    settings.require("broker_url")
+    return create_broker(settings.broker_url)

@@ -1,8 +1,4 @@
-"""The periodic jobs and how several scheduler processes fire each tick exactly once.
-
-Every scheduler process computes the same ticks: triggers are cron expressions in UTC
-(seconds-level cron for the sub-minute jobs), so a tick's identity is the same on every
-host, unlike interval triggers whose phase depends on when each process started.
+"""Leader election and exactly-once firing for the scheduler processes (`keysync scheduler`).
 
 Only the holder of `lock:scheduler:leader` fires. Firing a tick is one Lua call that,
 atomically in Redis,
@@ -25,6 +21,8 @@ back and the leader's next sweep retries the tick (within grace). If the process
 between claim and enqueue (a sub-millisecond window) that tick is lost, and the next tick
 covers it; we prefer that to the opposite order, which could enqueue twice. Actors are
 idempotent anyway, so a rare duplicate would be harmless, but the scheduler never adds one.
+The message is built here rather than sent through `worker.enqueue`: it carries the tick
+in its options, and the claim above, not a transaction, is what makes it exactly-once.
 """
 
 from __future__ import annotations
@@ -38,16 +36,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 import dramatiq
 import redis
 import structlog
-from apscheduler.triggers.cron import CronTrigger
 from dramatiq import Message
 
 from services.locks import SCHEDULER_LOCK, RedisLock
 from services.metrics import SCHEDULER_IS_LEADER, SCHEDULER_TICKS
+from worker.schedule import ScheduledJob, latest_due_tick, tick_id
 
 log = structlog.get_logger(__name__)
 
@@ -55,9 +53,6 @@ Clock = Callable[[], datetime]
 
 STATE_KEY = "sched:state"  # JSON written by the leader: who leads, next fire times
 MEMBERS_KEY = "sched:members"  # hash identity -> last heartbeat (epoch s), every process
-
-# One microsecond: ticks strictly after a given instant.
-_EPSILON = timedelta(microseconds=1)
 
 _CLAIM = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, ''} end
@@ -88,74 +83,6 @@ def utc_now() -> datetime:
 
 def process_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass(frozen=True)
-class ScheduledJob:
-    """One schedule entry: enqueue `actor(*args)` on every tick of `trigger`."""
-
-    name: str
-    actor: str
-    trigger: CronTrigger
-    args: tuple[Any, ...] = ()
-    # A due tick older than this is not fired late (e.g. after all schedulers were down).
-    grace_s: float = 60.0
-    queue: str = "default"
-
-    @property
-    def dedupe_ttl_s(self) -> int:
-        # The per-tick key must outlive the window in which the tick could still be fired.
-        return int(max(self.grace_s * 2, 3600))
-
-
-def _utc_cron(expression: str) -> CronTrigger:
-    return CronTrigger.from_crontab(expression, timezone=UTC)
-
-
-def default_jobs(sync_cron: str, stock_check_cron: str) -> list[ScheduledJob]:
-    """The production schedule (CONTRACT §1, issue 7)."""
-    every_minute = CronTrigger(second=0, timezone=UTC)
-    return [
-        # Scheduled syncs are full: they also catch products removed upstream, which an
-        # incremental (updated-since) listing cannot see. A late twice-a-day sync is far
-        # better than none, hence the long grace.
-        ScheduledJob("catalog_sync", "catalog_sync", _utc_cron(sync_cron), (True,), 3600),
-        ScheduledJob("stock_check", "stock_check", _utc_cron(stock_check_cron), (), 900),
-        ScheduledJob("poll_order_status", "poll_order_status", every_minute, (), 60),
-        ScheduledJob("sweep_webhook_events", "sweep_webhook_events", every_minute, (), 60),
-        ScheduledJob("relay_job_outbox", "relay_job_outbox", every_minute, (), 60),
-        ScheduledJob(
-            "replay_cache_outbox",
-            "replay_cache_outbox",
-            CronTrigger(second="*/10", timezone=UTC),
-            (),
-            10,
-        ),
-    ]
-
-
-def next_tick(trigger: CronTrigger, after: datetime) -> datetime | None:
-    """The first tick strictly after `after`."""
-    result: datetime | None = trigger.get_next_fire_time(None, after + _EPSILON)
-    return result
-
-
-def latest_due_tick(trigger: CronTrigger, now: datetime, after: datetime) -> datetime | None:
-    """The most recent tick `t` with `after < t <= now`, or None.
-
-    Walks forward from `after`; callers bound the window (grace period), so this is at
-    most a few thousand steps even for a per-second cron.
-    """
-    latest: datetime | None = None
-    candidate = next_tick(trigger, after)
-    while candidate is not None and candidate <= now:
-        latest = candidate
-        candidate = next_tick(trigger, candidate)
-    return latest
-
-
-def tick_id(tick: datetime) -> str:
-    return tick.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Outcome(StrEnum):
@@ -366,7 +293,16 @@ class ScheduleRunner:
             self.client.hdel(MEMBERS_KEY, *stale)
 
 
-def read_state(client: redis.Redis, *, now: datetime | None = None) -> dict[str, Any]:
+class SchedulerState(TypedDict):
+    leader: str | None
+    leader_since: str | None
+    lock_held: bool
+    schedulers: list[str]
+    # Per job: actor, next_fire, last_fired_tick (ISO times), as the leader published them.
+    jobs: dict[str, dict[str, str | None]]
+
+
+def read_state(client: redis.Redis, *, now: datetime | None = None) -> SchedulerState:
     """What `keysync status` shows: the leader's published state and live schedulers."""
     raw = client.get(STATE_KEY)
     state: dict[str, Any] = json.loads(raw) if raw else {}

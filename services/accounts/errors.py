@@ -1,0 +1,36 @@
+"""Refusals of the accounts domain: registration, login, tokens, admin helpers.
+
+Malformed input (an email, a password, a name) is `services.errors.InvalidInput` with a
+message saying which rule it broke; only refusals a caller handles on their own get a class.
+"""
+
+from __future__ import annotations
+
+from services.errors import DomainError, InvalidInput, Unauthorized
+
+
+class EmailTaken(DomainError):
+    """Another account already uses this email (compared case-insensitively)."""
+
+    code = "email_taken"
+    message = "An account with this email already exists."
+
+
+class InvalidCredentials(DomainError):
+    code = "invalid_credentials"
+    # Deliberately not saying which of the two was wrong.
+    message = "Email or password is incorrect."
+
+
+class InvalidToken(Unauthorized):
+    """Not a valid, unexpired HS256 token of ours (the reason stays in `__cause__`)."""
+
+    message = "Invalid or expired token."
+
+
+class UserNotFound(DomainError):
+    code = "user_not_found"
+
+
+class InvalidAmount(InvalidInput, ValueError):
+    """A money amount that is not a finite, positive, 2-decimal numeric(12,2) value."""
