@@ -39,6 +39,8 @@ from worker.enqueue import Actor, enqueue
 
 MAX_BODY_BYTES = 256 * 1024
 TOLERANCE_S = 300
+# CONTRACT §5: a signed body nested deeper than this is malformed (400).
+MAX_NESTING = 64
 EVENT_TYPE = "order.status_changed"
 
 
@@ -103,14 +105,28 @@ def verify(
         raise InvalidTimestamp("webhook-timestamp outside ±300 s")
 
 
-def _has_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+def _check_tree(document: object) -> str | None:
+    """Why a parsed body cannot be stored (too deep, or a NUL jsonb cannot hold), or None.
+
+    Iterative, with an explicit stack: this runs on untrusted input, so it must not recurse
+    (a body nested a few hundred levels deep would otherwise end in a RecursionError and a
+    500 the sender retries forever).
+    """
+    stack: list[tuple[object, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return "body must not contain \\u0000"
+            continue
+        if isinstance(value, dict | list):
+            if depth > MAX_NESTING:
+                return f"body is nested deeper than {MAX_NESTING} levels"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                stack.append((key, depth))
+                stack.append((item, depth + 1))
+    return None
 
 
 def parse(body: bytes) -> WebhookPayload:
@@ -123,12 +139,16 @@ def parse(body: bytes) -> WebhookPayload:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise bad("body is not JSON") from None
+    except RecursionError:
+        # The C decoder refuses nesting past the interpreter's recursion limit.
+        raise bad(f"body is nested deeper than {MAX_NESTING} levels") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
         raise bad("body must be an object with a data object")
-    if _has_nul(data):
-        # jsonb cannot store \u0000: refuse it here (400, the sender stops) rather than fail
-        # the insert (500, the sender retries a poison event forever).
-        raise bad("body must not contain \\u0000")
+    # Refused here (400, the sender stops) rather than at the insert (500, the sender
+    # retries a poison event forever): jsonb cannot store \u0000.
+    problem = _check_tree(data)
+    if problem is not None:
+        raise bad(problem)
     event_type = data.get("type")
     if event_type != EVENT_TYPE:
         raise bad(f"unsupported event type {event_type!r}")
