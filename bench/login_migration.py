@@ -44,7 +44,9 @@ def seed(sessions: Any, prefix: str, count: int, game_ids: list[uuid.UUID],
 
     from db.models import CartItem, User
 
-    logins = [(f"{prefix}{i}@bench.example", f"{prefix}-sid-{i}") for i in range(count)]
+    # Guest session ids are 22-128 characters (CONTRACT §5), like the API hands out.
+    logins = [(f"{prefix}{i}@bench.example", f"{prefix}-sid-{i}-{uuid.uuid4().hex}")
+              for i in range(count)]
     with sessions() as session, session.begin():
         session.execute(insert(User), [
             {"email": email, "password_hash": password_hash, "name": ""} for email, _ in logins

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
     from sqlalchemy import func, insert, select, text
 
     from db.models import Game, Order, OrderItem, OrderStatus, Transaction, User, WebhookEvent
-    from g2a_sim.app import sign_webhook
+    from g2a_sim import sign_webhook
     from jobs import broker  # declares every actor on it
     from keysync.embedded import free_port
     from keysync.resources import Resources

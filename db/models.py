@@ -59,9 +59,9 @@ class OrderStatus(enum.StrEnum):
 
 
 class TransactionType(enum.StrEnum):
-    TOP_UP = "TOP_UP"
-    PURCHASE = "PURCHASE"
-    REFUND = "REFUND"
+    TOP_UP = "TOP_UP"  # credit, booked by an admin (`keysync user top-up`)
+    PURCHASE = "PURCHASE"  # debit, in the transaction that creates the order
+    REFUND = "REFUND"  # credit, once, when an order fails or is cancelled
 
 
 class TransactionStatus(enum.StrEnum):
@@ -79,9 +79,9 @@ class G2APurchaseStatus(enum.StrEnum):
 
 
 class SyncKind(enum.StrEnum):
-    FULL = "full"
-    INCREMENTAL = "incremental"
-    STOCK = "stock"
+    FULL = "full"  # the whole listing; the only kind that may deactivate games
+    INCREMENTAL = "incremental"  # updated since the last succeeded run; never removes
+    STOCK = "stock"  # quantities and prices of known games only; never adds or removes
 
 
 class SyncStatus(enum.StrEnum):
@@ -114,6 +114,8 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(Text, nullable=False)
     name: Mapped[str] = mapped_column(String(200), nullable=False, server_default="")
     balance: Mapped[Decimal] = mapped_column(Money, nullable=False, server_default="0")
+    # May use the operations console (CONTRACT §8); granted by `keysync user admin`.
+    is_admin: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
     created_at: Mapped[datetime] = _now()
 
 
@@ -137,62 +139,56 @@ class Game(Base):
     updated_at: Mapped[datetime] = _now()
 
 
-_ONE_OWNER = "(user_id IS NULL) <> (session_id IS NULL)"
+class _OwnerScopedItem:
+    """The columns cart_items and wishlist_items share: a game held by exactly one owner,
+    a user or a guest session (a guest's rows move to the user at login)."""
+
+    # sort_order: before the table's own columns, in the order the 0001 migration has them.
+    id: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, autoincrement=True, sort_order=-1
+    )
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), sort_order=-1
+    )
+    session_id: Mapped[str | None] = mapped_column(String(128), sort_order=-1)
+    game_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("games.id"), nullable=False, sort_order=-1
+    )
 
 
-class CartItem(Base):
-    __tablename__ = "cart_items"
-    __table_args__ = (
-        CheckConstraint(_ONE_OWNER, name="cart_items_one_owner"),
-        CheckConstraint("quantity > 0", name="cart_items_quantity_positive"),
-        Index(
-            "cart_items_user_game_key",
-            "user_id",
-            "game_id",
-            unique=True,
-            postgresql_where=text("user_id IS NOT NULL"),
-        ),
-        Index(
-            "cart_items_session_game_key",
-            "session_id",
-            "game_id",
-            unique=True,
-            postgresql_where=text("session_id IS NOT NULL"),
+def _owner_scoped_args(table: str) -> tuple[Any, ...]:
+    """Exactly one owner, and a game at most once per owner: partial unique indexes, one
+    per kind of owner, because rows whose owner column is NULL never collide in a plain one."""
+    return (
+        CheckConstraint("(user_id IS NULL) <> (session_id IS NULL)", name=f"{table}_one_owner"),
+        *(
+            Index(
+                f"{table}_{owner}_game_key",
+                f"{owner}_id",
+                "game_id",
+                unique=True,
+                postgresql_where=text(f"{owner}_id IS NOT NULL"),
+            )
+            for owner in ("user", "session")
         ),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    session_id: Mapped[str | None] = mapped_column(String(128))
-    game_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("games.id"), nullable=False)
+
+class CartItem(_OwnerScopedItem, Base):
+    __tablename__ = "cart_items"
+    __table_args__ = (
+        *_owner_scoped_args("cart_items"),
+        CheckConstraint("quantity > 0", name="cart_items_quantity_positive"),
+    )
+
     quantity: Mapped[int] = mapped_column(Integer, nullable=False)
     created_at: Mapped[datetime] = _now()
 
 
-class WishlistItem(Base):
+class WishlistItem(_OwnerScopedItem, Base):
     __tablename__ = "wishlist_items"
-    __table_args__ = (
-        CheckConstraint(_ONE_OWNER, name="wishlist_items_one_owner"),
-        Index(
-            "wishlist_items_user_game_key",
-            "user_id",
-            "game_id",
-            unique=True,
-            postgresql_where=text("user_id IS NOT NULL"),
-        ),
-        Index(
-            "wishlist_items_session_game_key",
-            "session_id",
-            "game_id",
-            unique=True,
-            postgresql_where=text("session_id IS NOT NULL"),
-        ),
-    )
+    __table_args__ = _owner_scoped_args("wishlist_items")
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    session_id: Mapped[str | None] = mapped_column(String(128))
-    game_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("games.id"), nullable=False)
     created_at: Mapped[datetime] = _now()
 
 
@@ -201,6 +197,12 @@ class Order(Base):
     __table_args__ = (
         Index("orders_user_created", "user_id", "created_at"),
         Index("orders_status", "status"),
+        # `keysync orders --stuck`: the few open orders by age, without reading the rest.
+        Index(
+            "orders_open_created",
+            "created_at",
+            postgresql_where=text("status IN ('PENDING', 'PROCESSING')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
@@ -289,6 +291,9 @@ class WebhookEvent(Base):
             "received_at",
             postgresql_where=text("processed_at IS NULL"),
         ),
+        # The operators' inbox (`keysync webhooks`): newest first, all or by outcome.
+        Index("webhook_events_received", "received_at"),
+        Index("webhook_events_outcome_received", "outcome", "received_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -362,3 +367,21 @@ class JobOutbox(Base):
     args: Mapped[list[Any]] = mapped_column(JSONB, nullable=False)
     created_at: Mapped[datetime] = _now()
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+
+
+class AdminAction(Base):
+    """The audit trail of operator actions (CONTRACT §4, §8): retries, discards, replays,
+    relays and admin grants, from the console or the CLI."""
+
+    __tablename__ = "admin_actions"
+    __table_args__ = (Index("admin_actions_created", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    # The admin's email, or `cli:<os user>` for the CLI.
+    actor: Mapped[str] = mapped_column(String(320), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    target: Mapped[str] = mapped_column(Text, nullable=False)
+    detail: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    created_at: Mapped[datetime] = _now()

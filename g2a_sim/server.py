@@ -18,7 +18,7 @@ from g2a_sim.app import (
     SimConfig,
     create_app,
 )
-from g2a_sim.catalog import SimState
+from g2a_sim.state import SimState
 
 
 def run(

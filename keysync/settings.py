@@ -118,11 +118,27 @@ class Settings(BaseSettings):
 
     # How long a full sync that finds the sync lock taken waits before trying again.
     sync_lock_retry_ms: int = Field(default=30_000, gt=0)
+    # A catalog sync that failed (or missed pages) is retried after 1, 2, 4, ... minutes
+    # (at most SYNC_RETRY_MAX_MS apart) while the retry starts within SYNC_RETRY_WINDOW_S
+    # of its first attempt, instead of waiting 12 hours for the next cron tick.
+    sync_retry_min_ms: int = Field(default=60_000, gt=0)
+    sync_retry_max_ms: int = Field(default=900_000, gt=0)
+    sync_retry_window_s: int = Field(default=3600, gt=0)
     # A full listing that would deactivate more than this share of the active games
     # deactivates nothing (CONTRACT §6): an empty or truncated answer must not empty the shop.
     sync_max_removal_percent: Decimal = Field(default=Decimal("10"), ge=0, le=100)
     sync_cron: str = "0 2,14 * * *"
     stock_check_cron: str = "*/15 * * * *"
+
+    # CONTRACT §3/§8: an order not terminal for this long is "stuck" (status, console).
+    order_stuck_after_s: int = Field(default=900, gt=0)
+    # CONTRACT §3: an order whose fulfilment cannot start for this long fails with a full
+    # refund (`alert=order_gave_up`; the minutely poller decides, so give or take a minute).
+    fulfilment_give_up_s: int = Field(default=3600, gt=0)
+    # CONTRACT §3/§5: sign-in attempts a minute per email and per client address (the
+    # socket peer); 0 turns a limit off (benchmarks).
+    login_rate_per_min: int = Field(default=10, ge=0)
+    login_rate_per_address_per_min: int = Field(default=60, ge=0)
 
     email_backend: Literal["log", "smtp"] = "log"
     smtp_url: SecretStr = SecretStr("")
@@ -152,6 +168,14 @@ class Settings(BaseSettings):
     @classmethod
     def _cron(cls, value: str) -> str:
         CronTrigger.from_crontab(value, timezone="UTC")
+        return value
+
+    @field_validator("sync_retry_max_ms")
+    @classmethod
+    def _retry_max(cls, value: int, info: ValidationInfo) -> int:
+        minimum = info.data.get("sync_retry_min_ms")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be at least SYNC_RETRY_MIN_MS ({minimum})")
         return value
 
     @field_validator("webhook_secrets", "jwt_secret", "key_encryption_key")

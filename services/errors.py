@@ -31,6 +31,11 @@ class DomainError(Exception):
             self.code = code
         super().__init__(self.message)
 
+    def details(self) -> dict[str, str]:
+        """Extra machine-readable fields of the error body, beside `code` and `message`
+        (e.g. `current_total` of `price_changed`); none by default."""
+        return {}
+
 
 class InvalidInput(DomainError):
     """Input the service refuses whatever the state (a malformed email, a bad amount): the
@@ -46,3 +51,12 @@ class Unauthorized(DomainError):
 
     code = "unauthorized"
     message = "Authentication required."
+
+
+class TryLater(DomainError):
+    """A refusal that lifts by itself (a rate limit, a busy resource): `retry_after_s` says
+    when to try again (the web layer sends it as `Retry-After`)."""
+
+    def __init__(self, retry_after_s: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, retry_after_s)

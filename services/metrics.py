@@ -32,6 +32,13 @@ SCHEDULER_IS_LEADER = Gauge(
     "1 while this scheduler process holds the leader lock",
     multiprocess_mode="livesum",
 )
+# Seconds this scheduler's clock is ahead of Redis's TIME (negative: behind); beyond
+# worker.election.MAX_CLOCK_SKEW_S the process refuses to lead.
+SCHEDULER_CLOCK_SKEW = Gauge(
+    "keysync_scheduler_clock_skew_seconds",
+    "This scheduler process's clock minus Redis's TIME, measured every election round",
+    multiprocess_mode="liveall",
+)
 
 # Declared here for the modules that own these events (G2A client, webhook inbox, catalog
 # sync) so every series exists in every process; each owner increments its own.

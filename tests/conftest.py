@@ -30,7 +30,7 @@ _state: dict[str, Any] = {}
 
 TABLES = ("users", "games", "cart_items", "wishlist_items", "orders", "order_items",
           "transactions", "g2a_purchases", "webhook_events", "sync_runs", "cache_invalidations",
-          "lock_fences", "job_outbox")
+          "lock_fences", "job_outbox", "admin_actions")
 
 
 def _worker_index(config: pytest.Config) -> int:

@@ -32,7 +32,7 @@ from db.models import (
     TransactionType,
     User,
 )
-from g2a_sim.app import DEFAULT_API_HASH, DEFAULT_API_SECRET, DEFAULT_EMAIL, sign_webhook
+from g2a_sim import DEFAULT_API_HASH, DEFAULT_API_SECRET, DEFAULT_EMAIL, sign_webhook
 from g2a_sim.server import SimServer
 from services.g2a import G2AClient
 
@@ -67,7 +67,10 @@ def make_game(
     in_stock: bool = True,
     is_active: bool = True,
     name: str | None = None,
+    g2a_qty: int | None = None,
 ) -> uuid.UUID:
+    """A game row as the sync leaves it; `g2a_qty` defaults to 10 in stock, 0 otherwise
+    (what the last sync saw, which G2A may no longer have)."""
     game_id = uuid.uuid4()
     pid = product_id or str(uuid.uuid4().int % 10**12)
     with sessions() as s, s.begin():
@@ -75,7 +78,8 @@ def make_game(
             insert(Game).values(
                 id=game_id, g2a_product_id=pid, slug=f"game-{game_id.hex}",
                 name=name or f"Game {game_id.hex[:6]}", price=Decimal(price),
-                g2a_price=Decimal(price), g2a_qty=10 if in_stock else 0,
+                g2a_price=Decimal(price),
+                g2a_qty=g2a_qty if g2a_qty is not None else (10 if in_stock else 0),
                 in_stock=in_stock, is_active=is_active,
             )
         )

@@ -2,24 +2,40 @@
 
 Identity failures are `services.errors.Unauthorized` (401 with a Bearer challenge,
 decided in `web/errors.py`); the cart/wishlist owner rules are `services.cart.owner`'s.
+
+Guests (CONTRACT §5): a read with neither a token nor `X-Session-Id` is an empty cart (no
+owner, nothing created); a write without either gets a fresh random session id, stored as
+the new rows' owner and sent back in the `X-Session-Id` response header for the client to
+keep.
+
+The dependencies that only read the request (no I/O) are `async def`: FastAPI then runs
+them on the event loop instead of hopping to the thread pool once each, so a burst of slow
+requests (logins waiting for a hashing slot) does not queue every other request's
+dependencies behind it.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from sqlalchemy.orm import Session
 
 from keysync.resources import Resources
 from services.accounts import tokens
-from services.cart.owner import Owner, parse_session_id
+from services.accounts.rate_limit import LoginLimits
+from services.cart.owner import Owner, new_session_id, parse_session_id
 from services.errors import Unauthorized
 
+SESSION_HEADER = "X-Session-Id"
 
-def get_resources(request: Request) -> Resources:
+_login_limits_lock = threading.Lock()
+
+
+async def get_resources(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
@@ -32,7 +48,7 @@ def get_session(resources: Annotated[Resources, Depends(get_resources)]) -> Iter
         session.close()
 
 
-def optional_user_id(
+async def optional_user_id(
     resources: Annotated[Resources, Depends(get_resources)],
     authorization: Annotated[str | None, Header()] = None,
 ) -> uuid.UUID | None:
@@ -45,7 +61,7 @@ def optional_user_id(
     return tokens.verify(token, resources.settings.jwt_secret.get_secret_value())
 
 
-def current_user_id(
+async def current_user_id(
     user_id: Annotated[uuid.UUID | None, Depends(optional_user_id)],
 ) -> uuid.UUID:
     if user_id is None:
@@ -53,17 +69,57 @@ def current_user_id(
     return user_id
 
 
-def guest_session_id(x_session_id: Annotated[str | None, Header()] = None) -> str | None:
+async def guest_session_id(x_session_id: Annotated[str | None, Header()] = None) -> str | None:
     """The validated `X-Session-Id` (guest cart owner), None when absent."""
     return parse_session_id(x_session_id)
 
 
-def current_owner(
+async def reading_owner(
+    user_id: Annotated[uuid.UUID | None, Depends(optional_user_id)],
+    x_session_id: Annotated[str | None, Header()] = None,
+) -> Owner | None:
+    """The signed-in user (the header is then ignored), else the guest session; None for
+    an anonymous reader, whose cart and wishlist are empty."""
+    if user_id is None and x_session_id is None:
+        return None
+    return Owner.of(user_id, x_session_id)
+
+
+async def writing_owner(
+    response: Response,
     user_id: Annotated[uuid.UUID | None, Depends(optional_user_id)],
     x_session_id: Annotated[str | None, Header()] = None,
 ) -> Owner:
-    """The signed-in user (the header is then ignored), else the guest session."""
+    """As `reading_owner`, but an anonymous writer becomes a new guest session, whose id
+    goes back in the `X-Session-Id` response header."""
+    if user_id is None and x_session_id is None:
+        session_id = new_session_id()
+        response.headers[SESSION_HEADER] = session_id
+        return Owner.guest(session_id)
     return Owner.of(user_id, x_session_id)
+
+
+async def client_address(request: Request) -> str:
+    """The client's address for per-address limits: the socket peer. Behind a reverse
+    proxy, uvicorn's FORWARDED_ALLOW_IPS must name the proxy so the peer becomes the address
+    the proxy reports; nothing here reads `X-Forwarded-For` itself (any client can send
+    one)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+async def login_limits(request: Request) -> LoginLimits:
+    """The process's sign-in limits (their per-process fallback counters live with them),
+    made once per app from its resources."""
+    state = request.app.state
+    limits: LoginLimits | None = getattr(state, "login_limits", None)
+    if limits is None:
+        with _login_limits_lock:
+            limits = getattr(state, "login_limits", None)
+            if limits is None:
+                resources: Resources = state.resources
+                limits = LoginLimits.from_settings(resources.redis, resources.settings)
+                state.login_limits = limits
+    return limits
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -71,4 +127,7 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
 UserIdDep = Annotated[uuid.UUID, Depends(current_user_id)]
 OptionalUserIdDep = Annotated[uuid.UUID | None, Depends(optional_user_id)]
 GuestSessionIdDep = Annotated[str | None, Depends(guest_session_id)]
-OwnerDep = Annotated[Owner, Depends(current_owner)]
+ReadingOwnerDep = Annotated[Owner | None, Depends(reading_owner)]
+WritingOwnerDep = Annotated[Owner, Depends(writing_owner)]
+ClientAddressDep = Annotated[str, Depends(client_address)]
+LoginLimitsDep = Annotated[LoginLimits, Depends(login_limits)]

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.accounts import errors as accounts
 from services.cart import errors as cart
-from services.errors import DomainError, InvalidInput, Unauthorized
+from services.errors import DomainError, InvalidInput, TryLater, Unauthorized
 from services.games import errors as games
 from services.orders import errors as orders
 from services.webhooks import errors as webhooks
@@ -35,12 +35,15 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     DomainError: 400,
     InvalidInput: 422,
     Unauthorized: 401,
+    TryLater: 503,  # with Retry-After (see the handler)
     # accounts
     accounts.EmailTaken: 409,
     accounts.InvalidCredentials: 401,
     accounts.UserNotFound: 404,
+    accounts.LoginRateLimited: 429,
+    accounts.PasswordHashBusy: 503,
     # cart
-    cart.InvalidSessionId: 400,
+    cart.InvalidSessionId: 422,
     # games
     games.GameNotFound: 404,
     games.GameUnavailable: 409,
@@ -49,6 +52,9 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     orders.EmptyOrder: 422,
     orders.InsufficientBalance: 402,
     orders.OrderNotFound: 404,
+    orders.InvalidQuantity: 422,
+    orders.InsufficientStock: 409,
+    orders.PriceChanged: 409,
     # webhooks
     webhooks.WebhookRejected: 400,
     webhooks.MalformedWebhook: 400,
@@ -98,11 +104,13 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int, code: str, message: str, headers: dict[str, str] | None = None,
+    details: dict[str, str] | None = None,
 ) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
-    )
+    body = {"code": code, "message": message}
+    # Details only add fields; they never replace `code` or `message`.
+    body.update({k: v for k, v in (details or {}).items() if k not in body})
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 def database_unavailable() -> JSONResponse:
@@ -128,7 +136,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
         kind = type(exc)
-        return error_response(status_of(kind), exc.code, exc.message, headers_of(kind))
+        headers = headers_of(kind)
+        if isinstance(exc, TryLater):
+            headers = {**(headers or {}), "Retry-After": str(exc.retry_after_s)}
+        return error_response(
+            status_of(kind), exc.code, exc.message, headers, exc.details()
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -24,6 +24,7 @@ from keysync.settings import Settings
 from worker._logging import LoggingContextMiddleware
 from worker._metrics import MetricsMiddleware
 from worker._resources import ResourcesMiddleware
+from worker.heartbeat import HeartbeatMiddleware
 
 
 def create_broker(url: str) -> RedisBroker:
@@ -45,6 +46,7 @@ def create_broker(url: str) -> RedisBroker:
         Retries(max_retries=10, min_backoff=1_000, max_backoff=5 * 60 * 1000),
         CurrentMessage(),
         ResourcesMiddleware(),
+        HeartbeatMiddleware(),
     ]
     return RedisBroker(client=client, middleware=middleware)  # type: ignore[no-untyped-call]
 

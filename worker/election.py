@@ -3,8 +3,10 @@
 Only the holder of `lock:scheduler:leader` fires. Firing a tick is one Lua call that,
 atomically in Redis,
   1. checks the caller's token still holds the leader lock,
-  2. checks the tick is newer than the job's last fired tick (`sched:{job}:last`), and
-  3. takes the per-tick dedupe key `SET sched:{job}:{tick} NX EX`;
+  2. checks the caller's clock agrees with Redis's `TIME` (within `MAX_CLOCK_SKEW_S`),
+  3. refuses a tick further in the future than one period of its job (by Redis's `TIME`),
+  4. refuses a tick whose following tick was already fired (coalescing across leaders), and
+  5. takes the per-tick dedupe key `SET sched:{job}:{tick} NX EX`;
 only then is the message enqueued. Hence:
   * a leader whose lock expired (a long pause, a partition) cannot fire, whatever it
     believes locally: losing the lock stops firing at once;
@@ -12,6 +14,16 @@ only then is the message enqueued. Hence:
     and a new leader) enqueue once;
   * a tick missed while nobody led is fired once by the new leader's sweep on takeover,
     if it is still within the job's grace period.
+
+Clock jumps. Deduplication is by tick identity only, never by a "highest tick fired" mark:
+a mark can only go up, so one tick fired by a clock that had jumped a day ahead used to
+silence the job for that day on every leader. Now such a tick is never fired at all (2 and
+3 above, both judged by Redis's clock, the one clock every scheduler shares), and a tick
+key only ever names its own tick. On top of that, every election round compares the
+process's clock with Redis's `TIME`: a process that disagrees by more than
+`MAX_CLOCK_SKEW_S` steps down (or does not take over) with `alert=scheduler_clock_skew`,
+and leads again once its clock agrees. What this process remembers having fired is dropped
+when it lies ahead of its clock (the clock came back), so it never silences a real tick.
 
 Missed ticks coalesce: only the most recent due tick fires. Every scheduled job brings
 state up to date (sync, poll, sweep, relay), so an older missed tick adds nothing.
@@ -32,6 +44,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,37 +57,45 @@ import structlog
 from dramatiq import Message
 
 from services.locks import SCHEDULER_LOCK, RedisLock
-from services.metrics import SCHEDULER_IS_LEADER, SCHEDULER_TICKS
-from worker.schedule import ScheduledJob, latest_due_tick, tick_id
+from services.metrics import SCHEDULER_CLOCK_SKEW, SCHEDULER_IS_LEADER, SCHEDULER_TICKS
+from worker.schedule import ScheduledJob, latest_due_tick, next_tick, tick_id
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
 
 STATE_KEY = "sched:state"  # JSON written by the leader: who leads, next fire times
-MEMBERS_KEY = "sched:members"  # hash identity -> last heartbeat (epoch s), every process
+MEMBERS_KEY = "sched:members"  # hash identity -> last heartbeat (Redis epoch s), every process
+SKEWED_KEY = "sched:clock_skew"  # hash identity -> seconds its clock is off, while refused
 
+# How far a scheduler's clock may be from Redis's `TIME` and still lead. Ticks are cron
+# instants, so a leader a few seconds off fires a few seconds early or late, which no job
+# minds; beyond that it would fire the wrong ticks. NTP keeps hosts within milliseconds.
+MAX_CLOCK_SKEW_S = 5.0
+# While a process stays skewed, the alert is repeated this often (log-based alerting).
+_SKEW_REALERT_S = 60.0
+
+# KEYS: leader lock, this tick's dedupe key, the following tick's dedupe key.
+# ARGV: token, caller's now (ms), max skew (ms, -1 = off), tick (ms), period (ms), key TTL (s).
+# Returns {status, Redis now (ms)}: 1 claimed, 0 already fired (this tick or the next),
+# -1 not the leader, -2 caller's clock is off, -3 tick too far in the future.
 _CLAIM = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, ''} end
-local last = redis.call('GET', KEYS[2])
-if last and tonumber(last) >= tonumber(ARGV[2]) then return {0, last} end
-if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'EX', ARGV[3]) then return {0, last or ''} end
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
-return {1, last or ''}
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, 0} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local max_skew = tonumber(ARGV[3])
+if max_skew >= 0 and math.abs(tonumber(ARGV[2]) - now) > max_skew then return {-2, now} end
+if tonumber(ARGV[4]) - now > tonumber(ARGV[5]) then return {-3, now} end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {0, now} end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[6]) then return {0, now} end
+return {1, now}
 """
 
+# Gives a claimed tick back (the broker refused the message); only our own claim.
 _ROLLBACK = """
-redis.call('DEL', KEYS[2])
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  if ARGV[2] == '' then redis.call('DEL', KEYS[1])
-  else redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
-end
-return 1
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
-
-# How long the high-water mark of a job survives without firing; long enough to outlive
-# any schedule we use (twice a day) with a wide margin.
-_LAST_TTL_S = 14 * 24 * 3600
 
 
 def utc_now() -> datetime:
@@ -91,6 +112,8 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"  # another firing of this tick won the claim
     STANDBY = "standby"  # not the leader: skipped
     LOST_LEADERSHIP = "lost_leadership"  # believed we led; Redis says otherwise
+    CLOCK_SKEW = "clock_skew"  # our clock disagrees with Redis's TIME: stepped down
+    FUTURE_TICK = "future_tick"  # tick more than one period ahead of Redis's TIME: refused
     FAILED = "failed"  # Redis or the broker refused; retried by the next sweep
 
 
@@ -99,9 +122,10 @@ class ScheduleRunner:
     """Leader election plus firing, for one scheduler process.
 
     `step()` is called every `standby_interval_s` by the process (and once at start):
-    a standby tries to take the lock; a leader checks it still holds it, fires any due
-    tick not fired yet (the catch-up after a takeover) and publishes its state. The
-    process's cron threads call `fire(name)` on each tick.
+    it compares the process's clock with Redis's; a standby whose clock agrees tries to
+    take the lock; a leader checks it still holds it (and steps down if its clock
+    disagrees), fires any due tick not fired yet (the catch-up after a takeover) and
+    publishes its state. The process's cron threads call `fire(name)` on each tick.
     """
 
     client: redis.Redis
@@ -114,15 +138,21 @@ class ScheduleRunner:
     leader_ttl_ms: int = 10_000
     standby_interval_s: float = 2.0
     clock: Clock = utc_now
+    # None turns the skew guard off (tests that drive a fake clock far from Redis's); the
+    # refusal of ticks more than one period ahead of Redis's TIME always applies.
+    max_clock_skew_s: float | None = MAX_CLOCK_SKEW_S
     _lock: RedisLock | None = field(default=None, repr=False)
     _since: datetime | None = field(default=None, repr=False)
     _fired: dict[str, datetime] = field(default_factory=dict, repr=False)
     _mutex: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _skew_alerted_at: float | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         names = [job.name for job in self.jobs]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate schedule names in {names}")
+        if self.max_clock_skew_s is not None and self.max_clock_skew_s <= 0:
+            raise ValueError(f"max_clock_skew_s must be positive, got {self.max_clock_skew_s}")
         self._by_name = {job.name: job for job in self.jobs}
         self._claim = self.client.register_script(_CLAIM)
         self._rollback = self.client.register_script(_ROLLBACK)
@@ -135,23 +165,80 @@ class ScheduleRunner:
         lock = self._lock
         return lock is not None and not lock.lost.is_set()
 
+    @property
+    def clock_skewed(self) -> bool:
+        """True while this process refuses to lead because its clock disagrees with Redis."""
+        return self._skew_alerted_at is not None
+
     def step(self) -> None:
         """One election round; never raises on Redis errors (the next round retries)."""
         try:
-            self._heartbeat()
+            redis_now, skew_s = self.measure_clock_skew()
+            self._heartbeat(redis_now)
+            if self._skew_too_large(skew_s):
+                self._refuse_to_lead(skew_s)
+                return
+            self._clock_agrees()
             if self._lock is not None and self._lock.lost.is_set():
                 self._demote("lock lost")
             if self._lock is None:
                 self._try_acquire()
             if self.is_leader:
                 self.sweep()
-                self._publish()
+                self._publish(redis_now)
         except redis.RedisError as exc:
             self.log.warning("scheduler step failed; retrying", error=str(exc))
+
+    def measure_clock_skew(self) -> tuple[datetime, float]:
+        """Redis's `TIME` and how far this process's clock is ahead of it (s, signed).
+
+        Our clock is read before and after the call; their midpoint is compared, so the
+        round trip does not count as skew.
+        """
+        before = self.clock()
+        seconds, micros = self.client.time()
+        after = self.clock()
+        redis_now = datetime.fromtimestamp(seconds + micros / 1_000_000, UTC)
+        local = before + (after - before) / 2
+        skew_s = (local - redis_now).total_seconds()
+        SCHEDULER_CLOCK_SKEW.set(skew_s)
+        return redis_now, skew_s
+
+    def _skew_too_large(self, skew_s: float) -> bool:
+        return self.max_clock_skew_s is not None and abs(skew_s) > self.max_clock_skew_s
+
+    def _refuse_to_lead(self, skew_s: float) -> None:
+        """Our clock is off: step down, or stay a standby, and alert (repeated every minute
+        while it lasts). Another scheduler with a sound clock takes over meanwhile."""
+        was_leader = self._lock is not None
+        if was_leader:
+            self._demote("clock disagrees with Redis")
+        self.client.hset(SKEWED_KEY, self.identity, f"{skew_s:.3f}")
+        alerted = self._skew_alerted_at
+        if was_leader or alerted is None or time.monotonic() - alerted >= _SKEW_REALERT_S:
+            self._skew_alerted_at = time.monotonic()
+            self.log.error(
+                "scheduler clock disagrees with Redis TIME; not leading until it agrees",
+                alert="scheduler_clock_skew",
+                skew_s=round(skew_s, 3),
+                max_skew_s=self.max_clock_skew_s,
+                was_leader=was_leader,
+            )
+
+    def _clock_agrees(self) -> None:
+        if self._skew_alerted_at is None:
+            return
+        self._skew_alerted_at = None
+        self.client.hdel(SKEWED_KEY, self.identity)
+        self.log.info("scheduler clock agrees with Redis TIME again; eligible to lead")
 
     def _try_acquire(self) -> None:
         lock = RedisLock(self.client, self.lock_name, ttl_ms=self.leader_ttl_ms)
         if lock.acquire():
+            with self._mutex:
+                # Redis's tick keys are the truth for a new term; what we remember from an
+                # earlier one can only be stale.
+                self._fired.clear()
             self._lock = lock
             self._since = self.clock()
             SCHEDULER_IS_LEADER.set(1)
@@ -173,6 +260,7 @@ class ScheduleRunner:
         SCHEDULER_IS_LEADER.set(0)
         try:
             self.client.hdel(MEMBERS_KEY, self.identity)
+            self.client.hdel(SKEWED_KEY, self.identity)
             if lock is not None and lock.release():
                 self.client.delete(STATE_KEY)
         except redis.RedisError as exc:
@@ -194,6 +282,11 @@ class ScheduleRunner:
         with self._mutex:
             floor = now - timedelta(seconds=job.grace_s)
             fired = self._fired.get(name)
+            if fired is not None and fired > now:
+                # Remembered from before our clock came back: trusting it would skip every
+                # real tick until the clock catches up with it again.
+                del self._fired[name]
+                fired = None
             tick = latest_due_tick(job.trigger, now, max(floor, fired) if fired else floor)
         if tick is None:
             return Outcome.NOTHING_DUE
@@ -202,22 +295,45 @@ class ScheduleRunner:
         return outcome
 
     def _fire_tick(self, job: ScheduledJob, tick: datetime, token: str, now: datetime) -> Outcome:
-        tick_ms = str(int(tick.timestamp() * 1000))
-        last_key = f"sched:{job.name}:last"
+        following = next_tick(job.trigger, tick)
+        # The gap to the next tick; a cron with no further tick has no next period, and
+        # then only "not in the future at all" is accepted.
+        period_ms = int((following - tick).total_seconds() * 1000) if following else 0
         tick_key = f"sched:{job.name}:{tick_id(tick)}"
+        next_key = f"sched:{job.name}:{tick_id(following)}" if following else tick_key + ":end"
+        max_skew_ms = -1 if self.max_clock_skew_s is None else int(self.max_clock_skew_s * 1000)
         bound = self.log.bind(job=job.name, tick=tick_id(tick))
         try:
-            status, previous = self._claim(
-                keys=[self.lock_name, last_key, tick_key],
-                args=[token, tick_ms, job.dedupe_ttl_s, _LAST_TTL_S],
+            status, redis_ms = self._claim(
+                keys=[self.lock_name, tick_key, next_key],
+                args=[token, _ms(now), max_skew_ms, _ms(tick), period_ms, job.dedupe_ttl_s],
             )
         except redis.RedisError as exc:
             bound.warning("tick claim failed; will retry", error=str(exc))
             return Outcome.FAILED
-        if int(status) == -1:
+        status = int(status)
+        if status == -1:
             self._demote("leader lock held by another scheduler")
             return Outcome.LOST_LEADERSHIP
-        if int(status) == 0:
+        if status == -2:
+            skew_s = (_ms(now) - int(redis_ms)) / 1000
+            bound.error(
+                "tick refused: scheduler clock disagrees with Redis TIME; stepping down",
+                alert="scheduler_clock_skew",
+                skew_s=round(skew_s, 3),
+                max_skew_s=self.max_clock_skew_s,
+            )
+            self._skew_alerted_at = time.monotonic()
+            self._demote("clock disagrees with Redis")
+            return Outcome.CLOCK_SKEW
+        if status == -3:
+            bound.warning(
+                "tick refused: more than one period ahead of Redis TIME",
+                ahead_s=round((_ms(tick) - int(redis_ms)) / 1000, 3),
+                period_s=period_ms / 1000,
+            )
+            return Outcome.FUTURE_TICK
+        if status == 0:
             self._remember(job.name, tick)
             return Outcome.DUPLICATE
         message: Message[Any] = Message(
@@ -232,9 +348,8 @@ class ScheduleRunner:
             self.broker.enqueue(message)
         except Exception as exc:
             # Give the tick back so the next sweep retries it instead of losing it.
-            prev = previous.decode() if isinstance(previous, bytes) else str(previous)
             try:
-                self._rollback(keys=[last_key, tick_key], args=[tick_ms, prev, _LAST_TTL_S])
+                self._rollback(keys=[tick_key], args=[token])
             except redis.RedisError:
                 bound.error("tick rollback failed; this tick is lost", error=str(exc))
             bound.warning("enqueue failed; tick will be retried", error=str(exc))
@@ -260,10 +375,11 @@ class ScheduleRunner:
         now = self.clock()
         return {job.name: job.trigger.get_next_fire_time(None, now) for job in self.jobs}
 
-    def _heartbeat(self) -> None:
-        self.client.hset(MEMBERS_KEY, self.identity, str(int(self.clock().timestamp())))
+    def _heartbeat(self, redis_now: datetime) -> None:
+        # Redis's clock, not ours: a skewed process must still look alive, and only alive.
+        self.client.hset(MEMBERS_KEY, self.identity, str(int(redis_now.timestamp())))
 
-    def _publish(self) -> None:
+    def _publish(self, redis_now: datetime) -> None:
         now = self.clock()
         with self._mutex:
             fired = dict(self._fired)
@@ -283,14 +399,19 @@ class ScheduleRunner:
         # Expires soon after the leader stops publishing, so status never shows a dead one.
         ttl_ms = max(int(self.standby_interval_s * 3000), self.leader_ttl_ms)
         self.client.set(STATE_KEY, json.dumps(state), px=ttl_ms)
-        self._prune_members(now)
+        self._prune_members(redis_now)
 
-    def _prune_members(self, now: datetime) -> None:
-        stale_before = now.timestamp() - max(60.0, self.standby_interval_s * 10)
+    def _prune_members(self, redis_now: datetime) -> None:
+        stale_before = redis_now.timestamp() - max(60.0, self.standby_interval_s * 10)
         members = self.client.hgetall(MEMBERS_KEY)
         stale = [name for name, seen in members.items() if float(seen) < stale_before]
         if stale:
             self.client.hdel(MEMBERS_KEY, *stale)
+            self.client.hdel(SKEWED_KEY, *stale)
+
+
+def _ms(instant: datetime) -> int:
+    return int(instant.timestamp() * 1000)
 
 
 class SchedulerState(TypedDict):
@@ -298,23 +419,38 @@ class SchedulerState(TypedDict):
     leader_since: str | None
     lock_held: bool
     schedulers: list[str]
+    # Live schedulers refusing to lead because their clock disagrees with Redis's TIME:
+    # identity -> seconds ahead (negative: behind).
+    clock_skewed: dict[str, float]
     # Per job: actor, next_fire, last_fired_tick (ISO times), as the leader published them.
     jobs: dict[str, dict[str, str | None]]
 
 
 def read_state(client: redis.Redis, *, now: datetime | None = None) -> SchedulerState:
-    """What `keysync status` shows: the leader's published state and live schedulers."""
+    """What `keysync status` shows: the leader's published state and live schedulers.
+
+    Heartbeats are in Redis's time, so liveness is judged by Redis's `TIME` unless `now`
+    is given.
+    """
     raw = client.get(STATE_KEY)
     state: dict[str, Any] = json.loads(raw) if raw else {}
     holder = client.get(SCHEDULER_LOCK)
-    current = (now or utc_now()).timestamp()
+    if now is None:
+        seconds, micros = client.time()
+        current = seconds + micros / 1_000_000
+    else:
+        current = now.timestamp()
     members: Mapping[Any, Any] = client.hgetall(MEMBERS_KEY)
     live = sorted(_text(name) for name, seen in members.items() if current - float(seen) < 30)
+    skewed: Mapping[Any, Any] = client.hgetall(SKEWED_KEY)
     return {
         "leader": state.get("leader") if holder else None,
         "leader_since": state.get("since") if holder else None,
         "lock_held": holder is not None,
         "schedulers": live,
+        "clock_skewed": {
+            _text(name): float(skew) for name, skew in skewed.items() if _text(name) in live
+        },
         "jobs": state.get("jobs", {}) if holder else {},
     }
 

@@ -5,6 +5,12 @@ moment it becomes leader; `ScheduleRunner.fire` turns a standby's tick into a no
 makes the leader's tick exactly-once (see `worker.election`). A separate thread runs
 the election round every `standby_interval_s`; a new leader's first round fires the tick
 missed during failover.
+
+APScheduler keeps each job's next run time as a wall-clock instant: after the host clock
+jumped ahead and came back, it would wait for the instant computed during the jump (a day
+away, say). Each election round therefore pulls any next run time that lies beyond the
+trigger's real next tick back to it. The leader's sweep fires due ticks meanwhile anyway
+(at most `standby_interval_s` late); this keeps them punctual.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 import signal
 import threading
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from types import FrameType
 from typing import TypedDict, Unpack
 
@@ -58,10 +64,35 @@ class SchedulerProcess:
                 misfire_grace_time=max(1, int(job.grace_s)),
             )
 
+    def realign(self) -> list[str]:
+        """Pull next run times left in the future by a clock that came back; the names of
+        the jobs moved."""
+        if not self._aps.running:
+            return []
+        # APScheduler's own clock (the host's), which is what its next run times are in.
+        now = datetime.now(UTC)
+        moved = []
+        for job in self._aps.get_jobs():
+            scheduled: datetime | None = job.next_run_time
+            expected: datetime | None = job.trigger.get_next_fire_time(None, now)
+            if scheduled is not None and expected is not None and scheduled > expected:
+                self._aps.modify_job(job.id, next_run_time=expected)
+                moved.append(job.id)
+                self.runner.log.warning("cron realigned after a clock jump", job=job.id,
+                                        was=scheduled.isoformat(), now_next=expected.isoformat())
+        return moved
+
+    def next_run_times(self) -> dict[str, datetime | None]:
+        """When this process's cron threads will next call `fire`, per job."""
+        if not self._aps.running:
+            return {}
+        return {job.id: job.next_run_time for job in self._aps.get_jobs()}
+
     def _elect_loop(self) -> None:
         while not self._stopping.is_set():
             try:
                 self.runner.step()
+                self.realign()
             except Exception:
                 # A bug in one round must not silently end elections for this process:
                 # it would keep renewing nothing and never take over again.
@@ -100,6 +131,7 @@ class RunnerOptions(TypedDict, total=False):
     leader_ttl_ms: int
     standby_interval_s: float
     identity: str
+    max_clock_skew_s: float | None
 
 
 def build(client: redis.Redis, broker: dramatiq.Broker, jobs: Sequence[ScheduledJob],

@@ -3,7 +3,19 @@ module, each a plain click command that knows nothing of the group it is added t
 
 from __future__ import annotations
 
-from keysync.cli import check, db, processes, status, sync, up, users
+from keysync.cli import (
+    check,
+    db,
+    jobs,
+    orders,
+    outbox,
+    processes,
+    status,
+    sync,
+    up,
+    users,
+    webhooks,
+)
 from keysync.cli._group import main
 
 for _command in (
@@ -18,6 +30,10 @@ for _command in (
     status.status,
     check.check,
     users.user,
+    jobs.jobs,
+    webhooks.webhooks,
+    orders.orders,
+    outbox.outbox,
 ):
     main.add_command(_command)
 

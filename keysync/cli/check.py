@@ -22,7 +22,9 @@ def check(as_json: bool, g2a_paid: int | None, no_cache: bool) -> None:
     """Check the money, delivery and cache invariants; exit 1 when any is violated.
 
     Also lists the units paid at G2A whose key we do not hold although their order is
-    final (key lost at G2A, alerted; or still being fetched), which are not violations.
+    final (key lost at G2A, alerted; or still being fetched), which are not violations, and
+    sums the refunds: whole orders, and undelivered units of partially delivered orders
+    (each must equal those units' price: `completed_orders_delivered_or_refunded`).
     """
     from db.session import make_engine, make_session_factory
     from keysync.resources import make_redis
@@ -57,6 +59,13 @@ def check(as_json: bool, g2a_paid: int | None, no_cache: bool) -> None:
             f"paid at G2A: {paid.get('total', 0)} = delivered {paid.get('delivered', 0)}"
             f" + kept for support {paid.get('kept_for_support', 0)}"
             f" + awaiting key {paid.get('awaiting_key', 0)} + key lost {paid.get('key_lost', 0)}"
+        )
+        refunds = report.refunds
+        console.print(
+            f"refunded: {refunds.get('whole_orders', 0)} failed/cancelled orders"
+            f" ({refunds.get('whole_orders_amount', 0)}) + undelivered units of"
+            f" {refunds.get('partial_deliveries', 0)} partially delivered orders"
+            f" ({refunds.get('undelivered_units_amount', 0)})"
         )
         if report.paid_keys_not_fetched:
             # Paid at G2A, order final, key not held: key_lost units need G2A support

@@ -1,14 +1,16 @@
-"""`keysync status [--json]`: the report of `services.ops.status`, as JSON or as tables."""
+"""`keysync status [--json]`: the checks of `services.ops.status`, as JSON or as tables."""
 
 from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from keysync.exit_codes import ExitCode
 from keysync.settings import get_settings
@@ -17,19 +19,22 @@ from keysync.settings import get_settings
 # null), so the renderer reads it as JSON rather than as typed objects.
 Report = dict[str, Any]
 
+_STATE_STYLE = {"ok": "green", "warn": "yellow", "critical": "bold red"}
+
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
 def status(as_json: bool) -> None:
-    """Health and backlog of every part: DB, Redis, broker, cache, queues, syncs, scheduler.
+    """Checks of every part (DB, Redis, broker, workers, queues, dead letters, syncs, removal
+    guard, outboxes, webhooks, stuck orders, G2A funds, scheduler) and the details behind them.
 
-    Exit 0 whenever a report could be made, even one saying dependencies are down (read
-    `ok` and each `*.ok`); 5 only when none of Postgres, Redis and the broker answered,
-    so nothing beyond "unreachable" could be reported; 2 on configuration errors.
+    Exit 0 when no check is critical (warnings included), 1 when any is (a dependency down
+    counts), 2 on configuration errors. `--json` always prints one object, with whatever
+    could be read, even with Postgres or Redis down.
     """
     from db.session import make_engine, make_session_factory
     from keysync.resources import make_redis
-    from services.ops.status import StatusSources, collect
+    from services.ops.status import StatusSources, Thresholds, collect
 
     settings = get_settings()
     settings.require("database_url", "redis_url", "broker_url")
@@ -40,8 +45,9 @@ def status(as_json: bool) -> None:
         cache_redis=make_redis(settings.redis_url),
         broker_redis=make_redis(settings.broker_url),
     )
+    thresholds = Thresholds(order_stuck_after_s=settings.order_stuck_after_s)
     try:
-        report = collect(sources)
+        report = collect(sources, thresholds=thresholds)
     finally:
         engine.dispose()
         sources.cache_redis.close()
@@ -49,91 +55,164 @@ def status(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, default=str))
     else:
-        render(report, Console())
-    nothing_answered = not any(report[n]["ok"] for n in ("database", "redis", "broker"))
-    sys.exit(ExitCode.UNREACHABLE if nothing_answered else ExitCode.OK)
+        # Details carry `host:pid:…` and brackets: never read them as emoji codes or markup.
+        render(report, Console(emoji=False, markup=False, highlight=False))
+    sys.exit(ExitCode.OK if report["ok"] else 1)
 
 
 def render(report: Report, console: Console) -> None:
-    """The report for a human: one table or line per section, `overall` last."""
+    """The report for a human: the checks first, then one table per section, `overall` last.
+    Numbers sit in columns that never wrap, so a narrow terminal cuts text, not digits."""
+    _checks(report, console)
     _dependencies(report, console)
-    cache = report["cache"]
-    console.print(
-        f"cache: {'[yellow]degraded[/]' if cache['degraded'] else '[green]healthy[/]'}, "
-        f"outbox pending {cache['outbox_pending']}; "
-        f"job outbox pending {report['job_outbox']['pending']}"
-    )
     _queues(report, console)
-    if report["sync_lock"] is not None:
-        lock = report["sync_lock"]
-        held = f"held by {lock['holder']}… ({lock['ttl_ms']} ms left)" if lock["held"] else "free"
-        console.print(f"sync lock: {held}; fence {lock['fence']}; progress {lock['progress']}")
-    _last_runs(report, console)
-    guard = report.get("removal_guard")
-    if guard and guard["active"]:
-        console.print(f"[red]removal guard active[/] since {guard['since']}: {guard['detail']}")
-    if report["webhook_events"] is not None:
-        console.print(f"webhook events: {report['webhook_events']}")
+    _workers(report, console)
+    _sync(report, console)
+    _backlogs(report, console)
     _scheduler(report, console)
-    overall = "[green]OK[/]" if report["ok"] else "[red]NOT OK[/]"
-    console.print(f"overall: {overall}")
+    counts = {s: sum(c["state"] == s for c in report["checks"]) for s in ("critical", "warn")}
+    overall = report["overall"]
+    console.print(Text.assemble(
+        "overall: ", (overall.upper(), _STATE_STYLE[overall]),
+        f" ({counts['critical']} critical, {counts['warn']} warn)"))
 
 
-def _table(title: str, *columns: str) -> Table:
-    table = Table(title=title)
+def _table(title: str, *columns: str, numeric: tuple[str, ...] = ()) -> Table:
+    """Few columns, so that even an 60-column terminal fits them: wide sections are laid
+    out one record per column (e.g. the sync kinds), not one per row."""
+    table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column)
+        if column in numeric:
+            table.add_column(column, justify="right", no_wrap=True)
+        else:
+            table.add_column(column)
     return table
 
 
+def _row(table: Table, *cells: str | Text) -> None:
+    """Cells as plain text: a value is never read as markup or an emoji code."""
+    table.add_row(*(c if isinstance(c, Text) else Text(c) for c in cells))
+
+
+def _n(value: object) -> str:
+    """A cell for a number (or nothing when unknown)."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}" if value % 1 else f"{int(value):,}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _checks(report: Report, console: Console) -> None:
+    table = _table("checks", "check", "state", "detail")
+    table.columns[0].no_wrap = True
+    table.columns[1].no_wrap = True
+    for check in report["checks"]:
+        state = check["state"]
+        _row(table, check["name"], Text(state, style=_STATE_STYLE[state]), check["detail"])
+    console.print(table)
+
+
 def _dependencies(report: Report, console: Console) -> None:
-    health = _table("dependencies", "", "state", "latency ms", "error")
+    table = _table("dependencies", "dependency", "state", "latency ms", "error",
+                   numeric=("latency ms",))
     for name in ("database", "redis", "broker"):
         probe = report[name]
-        state = "[green]ok[/]" if probe["ok"] else "[red]DOWN[/]"
-        health.add_row(name, state, str(probe["latency_ms"] or ""), probe["error"] or "")
-    console.print(health)
+        state = Text("ok", "green") if probe["ok"] else Text("DOWN", "bold red")
+        _row(table, name, state, _n(probe["latency_ms"]), probe["error"] or "")
+    console.print(table)
 
 
 def _queues(report: Report, console: Console) -> None:
-    if report["queues"] is None:
-        return
-    queues = _table("queues", "queue", "ready", "delayed", "in progress", "dead")
-    for name, q in report["queues"].items():
-        queues.add_row(
-            name, *(str(q[k]) for k in ("ready", "delayed", "in_progress", "dead"))
-        )
-    console.print(queues)
+    if report["queues"] is not None:
+        names = list(report["queues"])
+        table = _table("queues", "messages", *names, numeric=tuple(names))
+        for label, key in (("ready", "ready"), ("delayed", "delayed"),
+                           ("in progress", "in_progress"), ("dead", "dead"),
+                           ("oldest ready s", "oldest_ready_s")):
+            _row(table, label, *(_n(report["queues"][q][key]) for q in names))
+        console.print(table)
     if report["dead_letters"]:
-        console.print(f"dead letters by actor: {report['dead_letters']}")
+        table = _table("dead letters", "actor", "jobs", numeric=("jobs",))
+        for actor, count in sorted(report["dead_letters"].items()):
+            _row(table, actor, _n(count))
+        console.print(table)
 
 
-def _last_runs(report: Report, console: Console) -> None:
-    if report["last_runs"] is None:
+def _workers(report: Report, console: Console) -> None:
+    if not report["workers"]:
         return
-    runs = _table(
-        "last runs (added / updated / unchanged / removed / errors)",
-        "kind", "status", "started (UTC)", "seconds", "counts",
-    )
-    for kind, run in report["last_runs"].items():
-        if run is None:
-            runs.add_row(kind, "never", "", "", "")
-            continue
-        counts = " / ".join(
-            str(run[k]) for k in ("added", "updated", "unchanged", "removed", "errors")
-        )
-        started = run["started_at"][:19].replace("T", " ")
-        runs.add_row(kind, run["status"], started, str(run["duration_s"]), counts)
-    console.print(runs)
+    table = _table("worker processes", "worker", "started (UTC)", "last beat s", "state",
+                   numeric=("last beat s", "started (UTC)"))
+    for beat in report["workers"]:
+        started = (beat["started_at"] or "")[:16].replace("T", " ")
+        _row(table, beat["id"], started, _n(beat["last_beat_s"]),
+                      "stopped" if beat["stopped"] else "running")
+    console.print(table)
+
+
+def _sync(report: Report, console: Console) -> None:
+    from services.ops.checks import human_s
+
+    lock = report["sync_lock"]
+    if lock is not None:
+        table = _table("sync lock", "field", "value")
+        table.columns[1].overflow = "fold"  # a run id folds rather than losing its end
+        _row(table, "holder", lock["holder"] or "free (nobody holds it)")
+        if lock["held"]:
+            _row(table, "run", lock["run_id"] or "-")
+            _row(table, "ms left", _n(lock["ttl_ms"]))
+        _row(table, "fence", _n(lock["fence"]))
+        for key, value in lock["progress"].items():
+            if key != "run_id" or value != lock["run_id"]:
+                _row(table, f"progress {key}", _n(value))
+        console.print(table)
+    if report["last_runs"] is not None:
+        runs = report["last_runs"]
+        kinds = list(runs)
+        table = _table("last runs", "", *kinds, numeric=tuple(kinds))
+        table.columns[0].no_wrap = True
+        checked = datetime.fromisoformat(report["checked_at"])
+        _row(table, "status", *(run["status"] if run else "never" for run in runs.values()))
+        _row(table, "started", *(
+            f"{human_s((checked - datetime.fromisoformat(run['started_at'])).total_seconds())}"
+            " ago" if run else "-" for run in runs.values()))
+        for field in ("duration_s", "added", "updated", "unchanged", "removed", "errors",
+                      "pages", "requests"):
+            _row(table, field.replace("_s", " s"),
+                 *(_n(run[field]) if run else "-" for run in runs.values()))
+        console.print(table)
+    guard = report["removal_guard"]
+    if guard and guard["active"]:
+        console.print(Text.assemble(("removal guard active", "bold red"),
+                                    f" since {guard['since']}: {guard['detail']}"))
+
+
+def _backlogs(report: Report, console: Console) -> None:
+    table = _table("backlogs", "what", "count", "oldest s", numeric=("count", "oldest s"))
+    cache, jobs = report["cache"], report["job_outbox"]
+    _row(table, "cache outbox", _n(cache["outbox_pending"]), _n(cache["outbox_oldest_s"]))
+    _row(table, "job outbox", _n(jobs["pending"]), _n(jobs["oldest_s"]))
+    hooks = report["webhook_events"]
+    if hooks is not None:
+        for outcome, count in hooks["by_outcome"].items():
+            oldest = hooks["oldest_pending_s"] if outcome == "pending" else None
+            _row(table, f"webhooks {outcome}", _n(count), _n(oldest))
+    stuck = report["stuck_orders"]
+    if stuck is not None:
+        _row(table, "stuck orders", _n(stuck["count"]), _n(stuck["oldest_s"]))
+    console.print(table)
 
 
 def _scheduler(report: Report, console: Console) -> None:
     sched = report["scheduler"]
     if sched is None:
         return
-    console.print(
-        f"scheduler: leader {sched['leader'] or '[red]none[/]'}, "
-        f"running {len(sched['schedulers'])}: {', '.join(sched['schedulers'])}"
-    )
+    leader = sched["leader"] or "none"
+    table = _table(f"scheduler (leader {leader}; running: {', '.join(sched['schedulers'])})",
+                   "job", "next fire (UTC)")
     for name, job in sched["jobs"].items():
-        console.print(f"  {name:<22} next {job['next_fire']}")
+        _row(table, name, str(job["next_fire"] or "")[:19].replace("T", " "))
+    console.print(table)

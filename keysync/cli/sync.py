@@ -2,16 +2,18 @@
 `keysync stock-check [--wait] [--json]`.
 
 Without `--wait` the actor is enqueued (a worker runs it); with `--wait` the run happens in
-this process, with a progress bar on stderr and a summary on stdout. Exit codes: 0 ok,
-3 another run holds `lock:g2a:sync`, 4 partial, 5 G2A/DB/Redis unreachable (a failed run),
-2 configuration (raised as SettingsError, turned into 2 by the group).
+this process, with a progress bar on stderr and a summary on stdout. Exit codes (CONTRACT
+§2): 0 ok, 3 another run holds `lock:g2a:sync`, 4 finished with errors (partial, fenced
+out by a newer run, or an unexpected error), 5 G2A/DB/Redis unreachable (a failed run),
+2 configuration (raised as SettingsError, turned into 2 by the group). Anything but 0 also
+prints one line on stderr with the run's readable reason, as stored in `sync_runs`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -21,7 +23,11 @@ from rich.table import Table
 from keysync.exit_codes import ExitCode
 from keysync.settings import get_settings
 
+if TYPE_CHECKING:
+    from services.catalog import SyncResult
+
 _G2A_SETTINGS = ("g2a_api_url", "g2a_email", "g2a_api_hash", "g2a_api_secret")
+_LABELS = {"full": "full sync", "incremental": "incremental sync", "stock": "stock check"}
 _SUMMARY_FIELDS = ("run_id", "kind", "status", "added", "updated", "unchanged", "removed",
                    "errors", "pages", "requests", "duration_s")
 
@@ -83,16 +89,26 @@ def _enqueue(kind: str, as_json: bool, allow_mass_removal: bool) -> None:
 
 
 def _run_here(kind: str, as_json: bool, allow_mass_removal: bool) -> int:
+    import redis
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
     from jobs.catalog import sync_deps
     from keysync.resources import Resources
-    from services.catalog import LockHeld, run_catalog_sync, run_stock_check
+    from services.catalog import (
+        LockHeld,
+        SyncResult,
+        describe_error,
+        record_lock_held,
+        run_catalog_sync,
+        run_stock_check,
+    )
     from services.catalog import Progress as RunProgress
     from worker.broker import make_broker
 
     settings = get_settings()
     resources = Resources.build(settings, make_broker(settings), pool_size=2, name="keysync-cli")
     err = Console(stderr=True)
-    bar = Progress(TextColumn(f"{kind} sync"), BarColumn(), MofNCompleteColumn(),
+    bar = Progress(TextColumn(_LABELS[kind]), BarColumn(), MofNCompleteColumn(),
                    TextColumn("pages · {task.fields[products]} products"), TimeElapsedColumn(),
                    console=err, disable=as_json or not err.is_terminal, transient=True)
     try:
@@ -111,32 +127,49 @@ def _run_here(kind: str, as_json: bool, allow_mass_removal: bool) -> int:
                                               allow_mass_removal=allow_mass_removal,
                                               on_progress=on_progress)
             except LockHeld as held:
-                return _locked(kind, held.holder, as_json, err)
+                locked = record_lock_held(deps, held)
+                return _report(kind, locked, as_json, ExitCode.LOCKED, status="locked")
+            except (OperationalError, InterfaceError, redis.RedisError):
+                raise  # the group says which dependency is unreachable (exit 5)
+            except Exception as exc:
+                # Logged (with its traceback when it is a bug) and recorded by the run; the
+                # operator gets one line, exit 4 (finished with errors).
+                crashed = SyncResult(run_id=None, kind=kind, status="failed",
+                                     error_detail=describe_error(exc))
+                return _report(kind, crashed, as_json, ExitCode.PARTIAL)
     finally:
         resources.close()
-    payload = result.as_dict()
-    code = {"succeeded": ExitCode.OK, "partial": ExitCode.PARTIAL}.get(
-        result.status, ExitCode.UNREACHABLE
-    )
+    if result.status == "succeeded":
+        code = ExitCode.OK
+    elif result.status == "partial" or result.fenced_out:
+        # Fenced out: a newer run took over and wrote; this one finished with errors.
+        code = ExitCode.PARTIAL
+    else:
+        code = ExitCode.UNREACHABLE  # failed: nothing G2A answered
+    return _report(kind, result, as_json, code)
+
+
+def _report(kind: str, result: SyncResult, as_json: bool, code: ExitCode,
+            *, status: str | None = None) -> int:
+    """The summary (table, or one JSON object) on stdout; for anything but success one
+    line on stderr, however long the reason (never wrapped, never a traceback)."""
+    payload: dict[str, Any] = result.as_dict()
+    if status is not None:
+        payload["status"] = status
     if as_json:
         click.echo(json.dumps(payload, default=str))
-    else:
+    elif payload["run_id"] is not None and code != ExitCode.LOCKED:
         _summary(payload)
     if code != ExitCode.OK:
-        err.print(f"[red]{kind} sync {result.status}[/]: {result.error_detail or ''}")
-    return code
-
-
-def _locked(kind: str, holder: str | None, as_json: bool, err: Console) -> int:
-    if as_json:
-        click.echo(json.dumps({"run_id": None, "kind": kind, "status": "locked",
-                               "error": "another sync holds lock:g2a:sync"}))
-    err.print(f"[yellow]another sync or stock check holds lock:g2a:sync[/] (holder {holder})")
-    return ExitCode.LOCKED
+        reason = " ".join(str(result.error_detail or payload["status"]).split())
+        run = f" (sync run {payload['run_id']})" if payload["run_id"] else ""
+        click.echo(f"error: {_LABELS[kind]} {payload['status']}: {reason}{run}", err=True)
+    return int(code)
 
 
 def _summary(payload: dict[str, Any]) -> None:
-    table = Table(title=f"{payload['kind']} sync: {payload['status']}", show_header=False)
+    table = Table(title=f"{_LABELS[str(payload['kind'])]}: {payload['status']}",
+                  show_header=False)
     table.add_column("field")
     table.add_column("value", justify="right")
     names: tuple[str, ...] = _SUMMARY_FIELDS

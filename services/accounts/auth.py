@@ -1,7 +1,13 @@
 """Accounts: registration, login (with guest-data migration), admin create and top-up.
 
-- Passwords are hashed with argon2id (argon2-cffi). Hashing happens outside any database
-  transaction so a pooled connection is never held for the ~50 ms it costs.
+- Passwords are hashed with argon2id (argon2-cffi) through `services.accounts.passwords`:
+  at most one hash per core at once per process, a short wait for a slot, then
+  `PasswordHashBusy`. Hashing happens outside any database transaction so a pooled
+  connection is never held for the time it costs.
+- Sign-in (`authenticate`, shared by the API's login and the operations console) is rate
+  limited per client address, then per email (`services.accounts.rate_limit`), before any
+  password is checked; an unknown email is limited, and costs a hash, exactly like a known
+  one, so neither the status nor the timing tells which emails have accounts.
 - Emails are stored as typed (surrounding spaces stripped) and compared case-insensitively
   in one place only: Postgres `lower()`. The unique index on lower(email) is the arbiter of
   registration (two concurrent registrations of the same address give one user and one
@@ -20,7 +26,6 @@
 
 from __future__ import annotations
 
-import functools
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,7 +33,6 @@ from decimal import Decimal
 import dramatiq
 import structlog
 from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from prometheus_client import Counter
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -37,7 +41,23 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import Transaction, TransactionStatus, TransactionType, User
 from keysync.settings import Settings
 from services.accounts import migration, tokens
-from services.accounts.errors import EmailTaken, InvalidAmount, InvalidCredentials, UserNotFound
+from services.accounts.errors import (
+    EmailTaken,
+    InvalidAmount,
+    InvalidCredentials,
+    LoginRateLimited,
+    PasswordHashBusy,
+    UserNotFound,
+)
+from services.accounts.passwords import (
+    HASH_SLOTS,
+    PASSWORD_HASHER,
+    HashSlots,
+    hash_password,
+    verify_password,
+    verify_unknown_user,
+)
+from services.accounts.rate_limit import LoginLimits
 from services.accounts.schemas import MigrationOutcome, UserView
 from services.accounts.validation import (
     MAX_BALANCE,
@@ -52,22 +72,20 @@ from worker.enqueue import Actor, enqueue, send_now
 
 log = structlog.get_logger(__name__)
 
-# argon2id with the library's defaults (RFC 9106 low-memory profile).
-PASSWORD_HASHER = PasswordHasher()
-
 EMAIL_INDEX = "users_email_lower_key"
 WELCOME_SUBJECT = "Welcome to keysync"
 
 AUTH_EVENTS = Counter(
     "keysync_auth_events_total", "Registrations and logins by outcome", ["event", "outcome"]
-)  # register: created | email_taken; login: ok | bad_credentials
+)  # register: created | email_taken; login: ok | bad_credentials | rate_limited | busy
 GUEST_MIGRATIONS_STARTED = Counter(
     "keysync_guest_migrations_started_total", "Guest migrations started at login", ["mode"]
 )  # queued | inline (broker refused)
 
 __all__ = [
-    "AuthResult", "EmailTaken", "InvalidAmount", "InvalidCredentials", "UserNotFound",
-    "create_user", "login", "parse_amount", "register", "top_up", "user_view",
+    "PASSWORD_HASHER", "AuthResult", "EmailTaken", "InvalidAmount", "InvalidCredentials",
+    "LoginRateLimited", "PasswordHashBusy", "UserNotFound", "authenticate", "create_user",
+    "login", "parse_amount", "register", "top_up", "user_view",
 ]
 
 
@@ -108,10 +126,11 @@ def register(
     password: str,
     name: str = "",
     hasher: PasswordHasher = PASSWORD_HASHER,
+    slots: HashSlots = HASH_SLOTS,
 ) -> AuthResult:
     """Create the user and enqueue the welcome email in one transaction; EmailTaken on a dup."""
     email, name = check_email(email), check_name(name)
-    password_hash = hasher.hash(check_password(password))
+    password_hash = hash_password(check_password(password), hasher=hasher, slots=slots)
     with sessions() as session:
         try:
             with session.begin():
@@ -148,9 +167,50 @@ def _welcome_body(name: str) -> str:
 # --- login -------------------------------------------------------------------------------
 
 
-@functools.cache
-def _dummy_hash(hasher: PasswordHasher) -> str:
-    return hasher.hash("keysync-timing-equaliser")
+def authenticate(
+    sessions: sessionmaker[Session],
+    *,
+    email: str,
+    password: str,
+    limits: LoginLimits | None = None,
+    client_address: str | None = None,
+    hasher: PasswordHasher = PASSWORD_HASHER,
+    slots: HashSlots = HASH_SLOTS,
+) -> User:
+    """The user whose email and password these are, for every sign-in (API and console).
+
+    Refusals, in the order checked: LoginRateLimited (per address before the database is
+    touched, then per email), PasswordHashBusy (no hashing slot within the short wait),
+    InvalidCredentials (unknown email or wrong password, indistinguishable). Without
+    `limits` nothing is rate limited (benchmarks, tests of other rules).
+    """
+    try:
+        if limits is not None and client_address is not None:
+            limits.check_address(client_address)
+        with sessions() as session, session.begin():
+            folded = session.execute(select(func.lower(normalise_email(email)))).scalar_one()
+            user = find_user(session, email)
+        if limits is not None:
+            limits.check_email(folded)
+        if user is None:
+            verify_unknown_user(password, hasher=hasher, slots=slots)
+            ok = False
+        else:
+            ok = verify_password(user.password_hash, password, hasher=hasher, slots=slots)
+    except LoginRateLimited:
+        AUTH_EVENTS.labels("login", "rate_limited").inc()
+        raise
+    except PasswordHashBusy:
+        AUTH_EVENTS.labels("login", "busy").inc()
+        raise
+    if user is None or not ok:
+        AUTH_EVENTS.labels("login", "bad_credentials").inc()
+        raise InvalidCredentials()
+    if hasher.check_needs_rehash(user.password_hash) and _rehash(
+        sessions, hasher, slots, user, password
+    ):
+        log.info("password rehashed with current parameters", user_id=str(user.id))
+    return user
 
 
 def login(
@@ -162,24 +222,15 @@ def login(
     email: str,
     password: str,
     session_id: str | None = None,
+    limits: LoginLimits | None = None,
+    client_address: str | None = None,
     hasher: PasswordHasher = PASSWORD_HASHER,
+    slots: HashSlots = HASH_SLOTS,
 ) -> AuthResult:
-    """Verify the password, issue a token, and hand the guest's data to the user."""
-    with sessions() as session, session.begin():
-        user = find_user(session, email)
-    if user is None:
-        # Spend the same argon2 time as a real check so response timing does not reveal
-        # which emails have accounts.
-        _verify(hasher, _dummy_hash(hasher), password)
-        AUTH_EVENTS.labels("login", "bad_credentials").inc()
-        raise InvalidCredentials()
-    if not _verify(hasher, user.password_hash, password):
-        AUTH_EVENTS.labels("login", "bad_credentials").inc()
-        raise InvalidCredentials()
+    """Sign in (`authenticate`), issue a token, and hand the guest's data to the user."""
+    user = authenticate(sessions, email=email, password=password, limits=limits,
+                        client_address=client_address, hasher=hasher, slots=slots)
     bound = log.bind(user_id=str(user.id))
-    if hasher.check_needs_rehash(user.password_hash):
-        _rehash(sessions, hasher, user, password)
-        bound.info("password rehashed with current parameters")
     outcome: MigrationOutcome = "none"
     if session_id is not None:
         outcome = _start_migration(sessions, cache, broker, session_id, user.id, bound)
@@ -188,17 +239,15 @@ def login(
     return AuthResult(user=user, token=issue_token(settings, user.id), migration=outcome)
 
 
-def _verify(hasher: PasswordHasher, password_hash: str, password: str) -> bool:
-    try:
-        return hasher.verify(password_hash, password)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        return False
-
-
 def _rehash(
-    sessions: sessionmaker[Session], hasher: PasswordHasher, user: User, password: str
-) -> None:
-    new_hash = hasher.hash(password)
+    sessions: sessionmaker[Session], hasher: PasswordHasher, slots: HashSlots, user: User,
+    password: str,
+) -> bool:
+    try:
+        new_hash = hash_password(password, hasher=hasher, slots=slots)
+    except PasswordHashBusy:
+        # The login itself succeeded; the upgrade can wait for a quieter sign-in.
+        return False
     with sessions() as session, session.begin():
         # Only if unchanged since we read it: a concurrent password change must win.
         session.execute(
@@ -207,6 +256,7 @@ def _rehash(
             .values(password_hash=new_hash)
         )
     user.password_hash = new_hash
+    return True
 
 
 def _start_migration(
@@ -249,11 +299,12 @@ def create_user(
     name: str = "",
     balance: Decimal | str = Decimal("0"),
     hasher: PasswordHasher = PASSWORD_HASHER,
+    slots: HashSlots = HASH_SLOTS,
 ) -> User:
     """Admin create (no welcome email); an opening balance is booked as a TOP_UP."""
     email, name = check_email(email), check_name(name)
     opening = parse_amount(balance, allow_zero=True)
-    password_hash = hasher.hash(check_password(password))
+    password_hash = hash_password(check_password(password), hasher=hasher, slots=slots)
     with sessions() as session:
         try:
             with session.begin():

@@ -6,7 +6,7 @@ message saying which rule it broke; only refusals a caller handles on their own 
 
 from __future__ import annotations
 
-from services.errors import DomainError, InvalidInput, Unauthorized
+from services.errors import DomainError, InvalidInput, TryLater, Unauthorized
 
 
 class EmailTaken(DomainError):
@@ -34,3 +34,17 @@ class UserNotFound(DomainError):
 
 class InvalidAmount(InvalidInput, ValueError):
     """A money amount that is not a finite, positive, 2-decimal numeric(12,2) value."""
+
+
+class LoginRateLimited(TryLater):
+    """Too many sign-in attempts for this email or from this client address (CONTRACT §5)."""
+
+    code = "rate_limited"
+    message = "Too many sign-in attempts; try again later."
+
+
+class PasswordHashBusy(TryLater):
+    """Every password-hashing slot of this process stayed busy for the whole short wait."""
+
+    code = "busy"
+    message = "The server is busy; try again shortly."

@@ -19,10 +19,12 @@ class Credentials(BaseModel):
     email: str = Field(max_length=rules.MAX_EMAIL_LENGTH)
     password: str = Field(min_length=1, max_length=rules.MAX_PASSWORD_LENGTH)
 
-    @field_validator("email")
+    # Before the field's own checks: registration's pattern must see the stripped address
+    # (otherwise " ana@example.com " is refused although it is stored stripped).
+    @field_validator("email", mode="before")
     @classmethod
-    def _strip(cls, value: str) -> str:
-        return rules.normalise_email(value)
+    def _strip(cls, value: object) -> object:
+        return rules.normalise_email(value) if isinstance(value, str) else value
 
 
 class RegisterIn(Credentials):

@@ -11,6 +11,6 @@ from services.errors import InvalidInput
 
 class InvalidSessionId(InvalidInput):
     """A guest session id outside the alphabet or length that keeps it inert in cache keys
-    (answered 400 like a malformed header, not 422 like a refused body)."""
+    and unguessable (CONTRACT §5: 422)."""
 
     code = "invalid_session_id"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 import uuid
 from dataclasses import dataclass
 
@@ -14,7 +15,16 @@ from services.cart.errors import InvalidSessionId
 from services.errors import Unauthorized
 
 # Session ids end up inside cache keys and logs: a short, glob-free alphabet keeps them inert.
-SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# A guest session id is the only key to its cart and, at login, to moving the cart into an
+# account, so it must be unguessable: at least 22 characters, the length of 128 random bits
+# in URL-safe base64 (CONTRACT §5).
+SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{22,128}")
+SESSION_ID_BYTES = 16
+
+
+def new_session_id() -> str:
+    """A fresh guest session id: 128 random bits, 22 URL-safe characters."""
+    return secrets.token_urlsafe(SESSION_ID_BYTES)
 
 ItemModel = type[CartItem] | type[WishlistItem]
 
@@ -25,7 +35,7 @@ def parse_session_id(value: str | None) -> str | None:
         return None
     if not SESSION_ID_PATTERN.fullmatch(value):
         raise InvalidSessionId(
-            "X-Session-Id must be 1-128 characters of letters, digits, '.', '_' or '-'."
+            "X-Session-Id must be 22-128 characters of letters, digits, '.', '_' or '-'."
         )
     return value
 

@@ -42,6 +42,24 @@ class Range:
     updated_from: datetime | None = None
     updated_to: datetime | None = None
 
+    def __str__(self) -> str:
+        # Operators read this in `sync_runs.error_detail` and logs: G2A's own units
+        # (minPrice in euros, updated_at as G2A writes it), never a Python repr.
+        parts = []
+        if self.price_lo is not None or self.price_hi is not None:
+            lo = _euros(self.price_lo or 0)
+            parts.append(f"minPrice {lo}..{_euros(self.price_hi)}" if self.price_hi is not None
+                         else f"minPrice >= {lo}")
+        if self.updated_from is not None or self.updated_to is not None:
+            start, end = _when(self.updated_from), _when(self.updated_to)
+            if self.updated_to is None:
+                parts.append(f"updated since {start}")
+            elif self.updated_from is None:
+                parts.append(f"updated until {end}")
+            else:
+                parts.append(f"updated {start}..{end}")
+        return "range " + ", ".join(parts) if parts else "the whole catalog"
+
     def split(self, now: datetime) -> tuple[Range, Range] | None:
         lo = self.price_lo or 0
         hi = self.price_hi
@@ -62,6 +80,15 @@ class Range:
             replace(self, updated_from=start, updated_to=middle),
             replace(self, updated_from=middle + timedelta(seconds=1), updated_to=end),
         )
+
+
+def _euros(cents: int) -> str:
+    return f"{Decimal(cents) / 100:.2f}"
+
+
+def _when(moment: datetime | None) -> str:
+    # G2A's `yyyy-mm-dd hh:mm:ss`, in UTC (the zone of its `updated_at`).
+    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @dataclass
@@ -163,7 +190,7 @@ class Listing(ErrorTally):
                 return
             # Still list the 10,000 we can see; the rest is an error, so nothing is removed.
             state.settled = True
-            self.count(f"range {state.rng} holds {result.total} products, cannot split")
+            self.count(f"{state.rng} holds {result.total} products, cannot split")
         state.totals.add(result.total)
         state.docs += len(result.products)
         pages = min(MAX_PAGE, math.ceil(result.total / PAGE_SIZE))
@@ -181,7 +208,7 @@ class Listing(ErrorTally):
             submit(RangeState(state.rng, attempt=state.attempt + 1), 1)
             return
         self.inconsistent += 1
-        self.count(f"range {state.rng} kept changing while listed")
+        self.count(f"{state.rng} kept changing while listed")
 
     def _failed(self, state: RangeState, page: int, exc: G2AError) -> None:
         state.settled = True

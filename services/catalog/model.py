@@ -59,9 +59,17 @@ class SyncResult:
     removal_candidates: int = 0
     still_listed: int = 0
     removal_guard: bool = False
+    # A newer lock holder wrote first, so this run's writes were refused (CLI exit 4).
+    fenced_out: bool = False
 
     def as_dict(self) -> SyncSummary:
         return asdict(self)
+
+    @property
+    def retryable(self) -> bool:
+        """Worth running again soon: the run failed or missed pages. Not a removal-guard
+        stop: listing again would only stop again, an operator has to decide."""
+        return self.status in ("failed", "partial") and not self.removal_guard
 
 
 @dataclass
@@ -75,7 +83,9 @@ class ErrorTally:
     def count(self, detail: str) -> None:
         self.errors += 1
         if self.error_detail is None:
-            self.error_detail = detail[:500]
+            # One line: G2A's messages may carry newlines, and operators read this in a
+            # table cell or a terminal line.
+            self.error_detail = " ".join(detail.split())[:500]
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,11 +26,12 @@ from datetime import datetime, timedelta
 import redis
 import structlog
 from sqlalchemy import select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from structlog.stdlib import BoundLogger
 
 from db.models import SyncKind, SyncRun, SyncStatus
 from services.cache import keys as cache_keys
-from services.catalog.errors import LockHeld
+from services.catalog.errors import FENCED_OUT_DETAIL, MAX_DETAIL, LockHeld, describe_error
 from services.catalog.listing import Listing, Range
 from services.catalog.model import Progress, SyncDeps, SyncResult
 from services.catalog.progress import publish as publish_progress
@@ -48,6 +49,12 @@ INCREMENTAL_OVERLAP = timedelta(minutes=10)
 
 OnProgress = Callable[[Progress], None]
 
+# Failures whose one-line description says it all (a dependency went away); anything else
+# is a bug, and its traceback goes to the log.
+_EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
+    OperationalError, InterfaceError, redis.RedisError,
+)
+
 
 def run_catalog_sync(
     deps: SyncDeps,
@@ -56,7 +63,12 @@ def run_catalog_sync(
     allow_mass_removal: bool = False,
     on_progress: OnProgress | None = None,
 ) -> SyncResult:
-    """A catalog sync (full or incremental). Raises `LockHeld` if another run is active.
+    """A catalog sync (full or incremental). Raises `LockHeld` if another run is active
+    (record it with `record_lock_held` when the caller will not try again).
+
+    Every other outcome has a `sync_runs` row with a readable `error_detail`: a run fenced
+    out (even before it wrote its row) is returned `failed` with `fenced_out`; any other
+    exception is recorded when Postgres can still take it, then raised.
 
     `allow_mass_removal` lifts the removal guard for this run only (full runs; an
     incremental run never removes, so asking for it there is a usage error).
@@ -76,12 +88,22 @@ def _run(deps: SyncDeps, kind: SyncKind, on_progress: OnProgress | None,
          *, allow_mass_removal: bool = False) -> SyncResult:
     lock = RedisLock(deps.redis, SYNC_LOCK, deps.lock_ttl_ms, fence_key=SYNC_FENCE,
                      sessions=deps.sessions)
-    if not lock.acquire():
-        holder = lock.holder()
-        log.info("sync.lock_held", kind=kind.value)
-        # The token's prefix identifies the holder (as `keysync status` shows it) without
-        # handing out a value that could release its lock.
-        raise LockHeld(holder[:8] if holder else None)
+    started_at = deps.clock()
+    try:
+        acquired = lock.acquire()
+        # `holder()` is `host:pid:` and a prefix of the random part: it names the holder
+        # without handing out a value that could release its lock.
+        holder = None if acquired else lock.holder()
+    except FencedOut as exc:
+        # Postgres kept refusing freshly issued tokens: newer holders keep writing.
+        return record_failed(deps, kind, fenced_out_detail(exc), started_at=started_at,
+                             fenced_out=True)
+    except Exception as exc:
+        _record_crash(deps, kind, exc, started_at)
+        raise
+    if not acquired:
+        log.info("sync.lock_held", kind=kind.value, holder=holder)
+        raise LockHeld(holder, kind=kind.value)
     try:
         return _run_locked(deps, kind, lock, on_progress, allow_mass_removal)
     finally:
@@ -96,8 +118,17 @@ def _run(deps: SyncDeps, kind: SyncKind, on_progress: OnProgress | None,
 def _run_locked(deps: SyncDeps, kind: SyncKind, lock: RedisLock,
                 on_progress: OnProgress | None, allow_mass_removal: bool) -> SyncResult:
     run = _Run(deps, kind, lock, on_progress)
-    updated_from = _incremental_from(deps) if kind is SyncKind.INCREMENTAL else None
-    run.open()
+    try:
+        updated_from = _incremental_from(deps) if kind is SyncKind.INCREMENTAL else None
+        run.open()
+    except FencedOut as exc:
+        # A newer holder claimed the fence between our claim and our row: nothing of ours
+        # was written, but the attempt is still recorded.
+        return record_failed(deps, kind, fenced_out_detail(exc), fence=run.fence,
+                             started_at=run.started_at, fenced_out=True)
+    except Exception as exc:
+        _record_crash(deps, kind, exc, run.started_at, fence=run.fence)
+        raise
     structlog.contextvars.bind_contextvars(run_id=run.result.run_id)
     run.bound.info("sync.started", updated_from=updated_from and updated_from.isoformat(),
                    allow_mass_removal=allow_mass_removal)
@@ -106,12 +137,13 @@ def _run_locked(deps: SyncDeps, kind: SyncKind, lock: RedisLock,
     try:
         status = run.list_write_remove(updated_from, allow_mass_removal)
     except FencedOut as exc:
-        run.result.error_detail = str(exc)
-        run.bound.error("sync.fenced_out", error=str(exc))
+        run.result.error_detail = fenced_out_detail(exc)
+        run.result.fenced_out = True
+        run.bound.error("sync.fenced_out", error=run.result.error_detail)
     except BaseException as exc:
         crashed = True
-        run.result.error_detail = f"{type(exc).__name__}: {exc}"[:500]
-        run.bound.exception("sync.crashed")
+        run.result.error_detail = describe_error(exc)
+        _log_crash(run.bound, exc)
         raise
     finally:
         run.close(status, crashed=crashed)
@@ -222,14 +254,65 @@ class _Run:
                                ("unchanged", result.unchanged), ("removed", result.removed),
                                ("error", result.errors)):
             SYNC_PRODUCTS.labels(self.kind.value, outcome).inc(count)
-        self.bound.info("sync.finished", status=result.status, added=result.added,
-                        updated=result.updated, unchanged=result.unchanged,
-                        removed=result.removed, errors=result.errors, pages=result.pages,
-                        requests=result.requests, duration_s=result.duration_s)
+        # A failed run is an operator's business (error); a partial one is retried or, when
+        # the removal guard stopped it, has its own error line with the alert.
+        log_at = {SyncStatus.SUCCEEDED: self.bound.info,
+                  SyncStatus.PARTIAL: self.bound.warning}.get(status, self.bound.error)
+        log_at("sync.finished", status=result.status, added=result.added,
+               updated=result.updated, unchanged=result.unchanged, removed=result.removed,
+               errors=result.errors, pages=result.pages, requests=result.requests,
+               duration_s=result.duration_s, error_detail=result.error_detail)
 
     def _publish(self, *, final: bool) -> None:
         publish_progress(self.deps.redis, self.result, self.listing, self.started_at,
                          final=final)
+
+
+def fenced_out_detail(exc: FencedOut) -> str:
+    return (f"{FENCED_OUT_DETAIL} a newer sync or stock check took lock:g2a:sync and wrote "
+            f"first ({exc}); this run's writes were refused")
+
+
+def record_lock_held(deps: SyncDeps, held: LockHeld) -> SyncResult:
+    """Record a run that could not start because the lock was held, once the caller has
+    given up on it (the CLI at once; a deferred full sync when its retries run out)."""
+    kind = SyncKind(held.kind) if held.kind else SyncKind.FULL
+    return record_failed(deps, kind, str(held))
+
+
+def record_failed(deps: SyncDeps, kind: SyncKind, detail: str, *, fence: int | None = None,
+                  started_at: datetime | None = None, fenced_out: bool = False) -> SyncResult:
+    """A `failed` row for a run that never got to write its own, and its error line.
+
+    `fence_token` is the token the run held, or 0 when it never held the lock.
+    """
+    now = deps.clock()
+    with deps.sessions() as session, session.begin():
+        row = SyncRun(kind=kind, status=SyncStatus.FAILED, fence_token=fence or 0,
+                      started_at=started_at or now, finished_at=now,
+                      error_detail=detail[:MAX_DETAIL])
+        session.add(row)
+    log.error("sync.failed", kind=kind.value, run_id=str(row.id), fence=fence,
+              error_detail=row.error_detail)
+    return SyncResult(run_id=str(row.id), kind=kind.value, status=SyncStatus.FAILED.value,
+                      fence_token=fence, error_detail=row.error_detail, fenced_out=fenced_out)
+
+
+def _record_crash(deps: SyncDeps, kind: SyncKind, exc: Exception, started_at: datetime,
+                  *, fence: int | None = None) -> None:
+    """Best effort: when the failure is Postgres itself, the log line is all there is."""
+    _log_crash(log.bind(kind=kind.value, fence=fence), exc)
+    try:
+        record_failed(deps, kind, describe_error(exc), fence=fence, started_at=started_at)
+    except Exception as again:
+        log.warning("sync.failure_not_recorded", kind=kind.value, error=describe_error(again))
+
+
+def _log_crash(bound: BoundLogger, exc: BaseException) -> None:
+    if isinstance(exc, _EXPECTED_FAILURES):
+        bound.error("sync.crashed", error=describe_error(exc))
+    else:
+        bound.exception("sync.crashed", error=describe_error(exc))
 
 
 def _incremental_from(deps: SyncDeps) -> datetime | None:

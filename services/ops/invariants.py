@@ -50,33 +50,47 @@ CHECKS: dict[str, str] = {
         WHERE o.total > 0 AND NOT EXISTS (SELECT 1 FROM transactions t
                           WHERE t.order_id = o.id AND t.type = 'PURCHASE')
     """,
+    # A failed or cancelled order gives everything back.
     "refund_equals_purchase": """
         SELECT r.order_id, r.amount, p.amount FROM transactions r
         JOIN transactions p ON p.order_id = r.order_id AND p.type = 'PURCHASE'
-        WHERE r.type = 'REFUND' AND r.amount <> p.amount
+        JOIN orders o ON o.id = r.order_id
+        WHERE r.type = 'REFUND' AND o.status IN ('FAILED', 'CANCELLED')
+          AND r.amount <> p.amount
     """,
-    "completed_orders_not_refunded": """
-        SELECT o.id FROM orders o JOIN transactions t ON t.order_id = o.id AND t.type = 'REFUND'
-        WHERE o.status = 'COMPLETED'
+    "refunds_only_on_final_orders": """
+        SELECT r.order_id, o.status FROM transactions r JOIN orders o ON o.id = r.order_id
+        WHERE r.type = 'REFUND' AND o.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')
+    """,
+    # A COMPLETED order's refund is exactly its undelivered units (none for a full
+    # delivery; the rest when G2A refused a unit mid-way), and it delivered something (an
+    # order with no key at all must be FAILED, refunded in full).
+    "completed_orders_delivered_or_refunded": """
+        WITH per_order AS (
+            SELECT o.id,
+                   COALESCE(SUM(oi.quantity), 0) AS units,
+                   COALESCE(SUM(d.keys), 0) AS delivered,
+                   COALESCE(SUM((oi.quantity - d.keys) * oi.unit_price), 0) AS undelivered
+            FROM orders o
+            LEFT JOIN order_items oi ON oi.order_id = o.id
+            LEFT JOIN LATERAL (
+                SELECT COUNT(*) AS keys FROM g2a_purchases gp
+                WHERE gp.order_item_id = oi.id AND gp.status = 'DELIVERED'
+                  AND gp.key_encrypted IS NOT NULL) d ON true
+            WHERE o.status = 'COMPLETED'
+            GROUP BY o.id)
+        SELECT p.id, p.units, p.delivered, p.undelivered AS undelivered_amount,
+               COALESCE(r.amount, 0) AS refunded
+        FROM per_order p
+        LEFT JOIN transactions r ON r.order_id = p.id AND r.type = 'REFUND'
+                                AND r.status = 'COMPLETED'
+        WHERE COALESCE(r.amount, 0) <> p.undelivered OR (p.units > 0 AND p.delivered = 0)
     """,
     "failed_or_cancelled_orders_refunded_once": """
         SELECT o.id, o.status FROM orders o
         WHERE o.status IN ('FAILED', 'CANCELLED')
           AND NOT EXISTS (SELECT 1 FROM transactions t WHERE t.order_id = o.id
                           AND t.type = 'REFUND' AND t.status = 'COMPLETED')
-    """,
-    "completed_orders_have_one_key_per_unit": """
-        SELECT o.id, SUM(oi.quantity) AS units,
-               (SELECT COUNT(*) FROM g2a_purchases gp JOIN order_items i ON i.id = gp.order_item_id
-                WHERE i.order_id = o.id AND gp.status = 'DELIVERED'
-                  AND gp.key_encrypted IS NOT NULL) AS keys
-        FROM orders o JOIN order_items oi ON oi.order_id = o.id
-        WHERE o.status = 'COMPLETED'
-        GROUP BY o.id
-        HAVING SUM(oi.quantity) <> (SELECT COUNT(*) FROM g2a_purchases gp
-                                    JOIN order_items i ON i.id = gp.order_item_id
-                                    WHERE i.order_id = o.id AND gp.status = 'DELIVERED'
-                                      AND gp.key_encrypted IS NOT NULL)
     """,
     "at_most_one_g2a_purchase_per_unit": """
         SELECT order_item_id, unit_index, COUNT(*) FROM g2a_purchases
@@ -122,7 +136,8 @@ _GRACE_CLAUSES: dict[str, str] = {
 }
 
 # Every unit G2A was paid for, by where its key is. Reported, never a violation by itself:
-# paid at G2A = delivered + kept for support + awaiting key + key lost.
+# paid at G2A = delivered + kept for support + awaiting key + key lost. (`--g2a-paid`
+# compares the total with G2A's own count: a payment we cannot account for is a violation.)
 _G2A_PAID_ACCOUNTING = """
     SELECT
       COUNT(*) FILTER (WHERE gp.status = 'DELIVERED'
@@ -135,6 +150,20 @@ _G2A_PAID_ACCOUNTING = """
     JOIN order_items oi ON oi.id = gp.order_item_id
     JOIN orders o ON o.id = oi.order_id
     WHERE gp.status IN ('PAID', 'DELIVERED', 'KEY_LOST')
+"""
+
+# Refunds by kind: whole orders (FAILED/CANCELLED) and the undelivered units of COMPLETED
+# orders G2A stopped selling to mid-way (partial deliveries). Reported, never a violation.
+_REFUNDS = """
+    SELECT
+      COUNT(*) FILTER (WHERE o.status IN ('FAILED', 'CANCELLED')) AS whole_orders,
+      COALESCE(SUM(r.amount) FILTER (WHERE o.status IN ('FAILED', 'CANCELLED')), 0)
+        AS whole_orders_amount,
+      COUNT(*) FILTER (WHERE o.status = 'COMPLETED') AS partial_deliveries,
+      COALESCE(SUM(r.amount) FILTER (WHERE o.status = 'COMPLETED'), 0)
+        AS undelivered_units_amount
+    FROM transactions r JOIN orders o ON o.id = r.order_id
+    WHERE r.type = 'REFUND' AND r.status = 'COMPLETED'
 """
 
 # Units paid at G2A whose key we do not hold although their order is final: KEY_LOST (the
@@ -177,6 +206,8 @@ class InvariantReport:
     g2a_paid: dict[str, int] = field(default_factory=dict)
     # units paid at G2A, order final, key not held: listed for operators (see the query)
     paid_keys_not_fetched: list[dict[str, str | None]] = field(default_factory=list)
+    # whole_orders (+ _amount) and partial_deliveries (+ undelivered_units_amount), as text
+    refunds: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -186,7 +217,8 @@ class InvariantReport:
         return {"ok": self.ok, "checked": self.checked,
                 "violations": {k: v for k, v in self.violations.items() if v},
                 "skipped": self.skipped, "cache_entries_compared": self.cache_entries_compared,
-                "g2a_paid": self.g2a_paid, "paid_keys_not_fetched": self.paid_keys_not_fetched}
+                "g2a_paid": self.g2a_paid, "paid_keys_not_fetched": self.paid_keys_not_fetched,
+                "refunds": self.refunds}
 
 
 class _LoadOnly(Cache):
@@ -328,6 +360,8 @@ def check(session: Session, *, paid_g2a_orders: int | None = None,
         paid = session.execute(text(_G2A_PAID_ACCOUNTING)).mappings().one()
         report.g2a_paid = {k: int(v) for k, v in paid.items()}
         report.g2a_paid["total"] = sum(report.g2a_paid.values())
+        refunds = session.execute(text(_REFUNDS)).mappings().one()
+        report.refunds = {k: str(v) for k, v in refunds.items()}
         report.paid_keys_not_fetched = [
             {k: None if v is None else str(v) for k, v in row.items()}
             for row in session.execute(text(_PAID_KEYS_NOT_FETCHED)).mappings()

@@ -1,5 +1,16 @@
 """Fulfilment: buy one G2A key per ordered unit, exactly once, across retries and crashes.
 
+Never pay G2A for keys nobody gets (CONTRACT §5):
+- pre-flight: before the first purchase of an order, one `GET /v1/products?id=` per item
+  (paced by the shared limiter like every call). If any item is no longer listed, has
+  fewer units than ordered, or costs more than its `max_price` (what the customer paid per
+  unit), nothing is bought and the order FAILS with a full refund;
+- the residual race: a unit G2A refuses after the pre-flight (or whose key is lost) ends
+  the buying. Units before it are DELIVERED (units are bought one after the other), so the
+  order is settled at once, in the transaction that records the refused unit: no key at
+  all → FAILED, full refund; otherwise COMPLETED with the keys it has and one REFUND of
+  the undelivered units (`status.apply(..., settle_undelivered=True)`).
+
 Each unit of each order item has at most one `g2a_purchases` row (unique on
 `(order_item_id, unit_index)`) and walks CREATED -> PAID -> DELIVERED, one committed step
 per G2A call (the calls and their row changes are `g2a_steps`; this module orders them):
@@ -54,7 +65,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import G2APurchase, G2APurchaseStatus, Game, Order, OrderItem, OrderStatus
 from services.cache import Cache
-from services.g2a import G2AClient
+from services.g2a import G2AClient, G2AError
 from services.orders import status as order_status
 from services.orders.g2a_steps import G2ASteps, StepFailed, StepPending, Unit
 
@@ -64,13 +75,32 @@ FULFILMENT_RUNS = Counter(
     "keysync_fulfilment_runs_total", "fulfil_order runs by outcome", ["outcome"]
 )  # completed | failed | pending | skipped
 
+PREFLIGHT_REFUSALS = Counter(
+    "keysync_fulfilment_preflight_refusals_total",
+    "Orders failed before buying anything because G2A could not sell an item as ordered",
+    ["reason"],
+)  # not_listed | stock | price
+PARTIAL_DELIVERIES = Counter(
+    "keysync_orders_partially_delivered_total",
+    "Orders COMPLETED with fewer keys than ordered (G2A refused a unit mid-way); the rest "
+    "refunded",
+)
+
 _NOT_FOUND = "order not found"
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    item_id: int
+    quantity: int
+    unit_price: Decimal
+    product_id: str
 
 
 class FulfilmentOutcome(enum.StrEnum):
     """How one `fulfil_order` run ended (the job re-queues itself on PENDING)."""
 
-    COMPLETED = "completed"  # every key stored, order COMPLETED
+    COMPLETED = "completed"  # order COMPLETED: every key stored, or the rest refunded
     FAILED = "failed"  # order FAILED (refunded)
     PENDING = "pending"  # waiting on G2A (key not ready, G2A unavailable): retry later
     SKIPPED = "skipped"  # nothing to do (unknown, refunded, or already complete)
@@ -123,7 +153,9 @@ class Fulfiller:
         with structlog.contextvars.bound_contextvars(order_id=str(order_id)):
             result = FulfilmentResult(order_id, FulfilmentOutcome.PENDING)
             try:
-                units = self._start(result)
+                units, started = self._start(result)
+                if not started:
+                    self._preflight(units, result)
                 for unit in units:
                     self._deliver_unit(unit, result)
                 self._finish(result)
@@ -144,7 +176,8 @@ class Fulfiller:
         commit, and the transitions made in it are invalidated right after.
 
         A step that fails the unit (`StepFailed`) commits its row state with the order's
-        FAILED transition (and refund), then ends the run; a pending step rolls back."""
+        settlement (FAILED with a full refund, or COMPLETED with the keys it has and a
+        refund of the rest), then ends the run; a pending step rolls back."""
         before = len(result.transitions)
         stop: _Stop | None = None
         with self.sessions() as session, session.begin():
@@ -155,8 +188,7 @@ class Fulfiller:
             try:
                 yield tx
             except StepFailed as failed:
-                self._transition(tx, OrderStatus.FAILED, result)
-                stop = _Stop(FulfilmentOutcome.FAILED, failed.reason)
+                stop = self._settle(tx, result, failed.reason)
             except StepPending as pending:
                 raise _Stop(FulfilmentOutcome.PENDING, pending.reason) from None
         for transition in result.transitions[before:]:
@@ -166,26 +198,27 @@ class Fulfiller:
             raise stop
 
     def _transition(
-        self, tx: _Tx, target: OrderStatus, result: FulfilmentResult
+        self, tx: _Tx, target: OrderStatus, result: FulfilmentResult,
+        *, settle_undelivered: bool = False,
     ) -> order_status.Transition:
         transition = order_status.apply(
-            tx.session, tx.order.id, target, source="fulfilment", order=tx.order
+            tx.session, tx.order.id, target, source="fulfilment", order=tx.order,
+            settle_undelivered=settle_undelivered,
         )
         assert transition is not None  # the order is locked, so it exists
         result.transitions.append(transition)
         return transition
 
-    def _start(self, result: FulfilmentResult) -> list[Unit]:
+    def _start(self, result: FulfilmentResult) -> tuple[list[Unit], bool]:
+        """PENDING → PROCESSING; the order's units, and whether buying has started."""
         with self._locked(result) as tx:
             order = tx.order
             if order.status in order_status.REFUNDING:
                 raise _Stop(FulfilmentOutcome.SKIPPED, f"order is {order.status.value}")
             if order.status is OrderStatus.PENDING:
                 self._transition(tx, OrderStatus.PROCESSING, result)
-            elif (
-                order.status is OrderStatus.COMPLETED
-                and order_status.undelivered_units(tx.session, order.id) == 0
-            ):
+            elif order.status is OrderStatus.COMPLETED:
+                # Terminal: all keys stored, or the undelivered rest refunded.
                 raise _Stop(FulfilmentOutcome.SKIPPED, "order already completed")
             rows = tx.session.execute(
                 select(OrderItem.id, OrderItem.quantity, OrderItem.unit_price, Game.g2a_product_id)
@@ -193,11 +226,83 @@ class Fulfiller:
                 .where(OrderItem.order_id == order.id)
                 .order_by(OrderItem.id)
             ).all()
-        return [
+            started = _buying_started(tx)
+        units = [
             Unit(item_id, index, product_id, Decimal(unit_price))
             for item_id, quantity, unit_price, product_id in rows
             for index in range(quantity)
         ]
+        return units, started
+
+    def _settle(self, tx: _Tx, result: FulfilmentResult, reason: str) -> _Stop:
+        """A unit cannot be delivered: buy nothing more and settle the order now, in the
+        transaction that records the unit's state."""
+        transition = self._transition(
+            tx, OrderStatus.COMPLETED, result, settle_undelivered=True
+        )
+        if transition.status is OrderStatus.COMPLETED:
+            if transition.changed:
+                PARTIAL_DELIVERIES.inc()
+            return _Stop(FulfilmentOutcome.COMPLETED, f"partially delivered: {reason}")
+        return _Stop(FulfilmentOutcome.FAILED, reason)
+
+    # --- pre-flight ---------------------------------------------------------------------
+
+    def _preflight(self, units: list[Unit], result: FulfilmentResult) -> None:
+        """Before the first purchase: can G2A sell every item as ordered right now?
+
+        The look-ups run outside any transaction (they may wait for rate-limit tokens);
+        the verdict is applied under the order lock, and only if buying has still not
+        started. A resumed run (a unit row exists) skips it: what is bought is bought, and
+        the race rules settle the rest. A look-up that fails transiently ends the run
+        PENDING: nothing was bought, so the retry simply checks again."""
+        items: dict[int, _Item] = {}
+        for unit in units:
+            known = items.get(unit.item_id)
+            items[unit.item_id] = _Item(
+                unit.item_id, (known.quantity if known else 0) + 1, unit.max_price,
+                unit.product_id,
+            )
+        refusal = self._first_unbuyable(list(items.values()))
+        if refusal is None:
+            return
+        reason, detail = refusal
+        with self._locked(result) as tx:
+            if tx.order.status in order_status.REFUNDING:
+                raise _Stop(FulfilmentOutcome.FAILED, f"order is {tx.order.status.value}")
+            if tx.order.status is not OrderStatus.PROCESSING:
+                raise _Stop(FulfilmentOutcome.SKIPPED, f"order is {tx.order.status.value}")
+            if _buying_started(tx):
+                # Another delivery of this job passed its own pre-flight and started: let
+                # the stored state (and the race rules) decide.
+                raise _Stop(FulfilmentOutcome.PENDING, "another run started buying")
+            log.warning("pre-flight refused the order; nothing bought", reason=reason,
+                        detail=detail)
+            PREFLIGHT_REFUSALS.labels(reason).inc()
+            self._transition(tx, OrderStatus.FAILED, result)
+        raise _Stop(FulfilmentOutcome.FAILED, f"pre-flight: {detail}")
+
+    def _first_unbuyable(self, items: list[_Item]) -> tuple[str, str] | None:
+        """(reason, detail) for the first item G2A cannot sell as ordered, or None."""
+        for item in items:
+            try:
+                product = self.g2a.get_product(item.product_id)
+            except G2AError as exc:
+                log.info("pre-flight look-up failed; will retry", error_code=exc.code,
+                         product_id=item.product_id)
+                raise _Stop(FulfilmentOutcome.PENDING, f"pre-flight look-up: {exc.code}"
+                            ) from None
+            pid = item.product_id
+            if product is None:
+                return "not_listed", f"product {pid} is no longer listed by G2A"
+            if product.qty < item.quantity:
+                return "stock", (f"G2A lists {product.qty} of product {pid}, "
+                                 f"{item.quantity} ordered")
+            price = product.g2a_price
+            if price is None or price > item.unit_price:
+                return "price", (f"G2A asks {price} for product {pid}, above the "
+                                 f"{item.unit_price} paid per unit")
+        return None
 
     def _finish(self, result: FulfilmentResult) -> None:
         with self._locked(result) as tx:
@@ -216,6 +321,9 @@ class Fulfiller:
             with self._locked(result) as tx:
                 if tx.order.status in order_status.REFUNDING:
                     raise _Stop(FulfilmentOutcome.FAILED, f"order is {tx.order.status.value}")
+                if tx.order.status is OrderStatus.COMPLETED:
+                    # Settled by another delivery of this job: nothing more is bought.
+                    raise _Stop(FulfilmentOutcome.SKIPPED, "order already completed")
                 row = tx.session.execute(
                     select(G2APurchase).where(
                         G2APurchase.order_item_id == unit.item_id,
@@ -271,3 +379,13 @@ class Fulfiller:
                         result.lost_keys += 1
         except _Stop as stop:
             result.outcome, result.reason = stop.outcome, f"keeping paid keys: {stop.reason}"
+
+
+def _buying_started(tx: _Tx) -> bool:
+    """Whether any unit of the order has a purchase row (bought, being bought or refused)."""
+    return tx.session.execute(
+        select(G2APurchase.id)
+        .join(OrderItem, OrderItem.id == G2APurchase.order_item_id)
+        .where(OrderItem.order_id == tx.order.id)
+        .limit(1)
+    ).first() is not None

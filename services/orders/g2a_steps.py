@@ -3,8 +3,10 @@
 Each step runs inside a transaction of `fulfilment.Fulfiller` that holds the order row lock
 (see that module for why), and ends one of three ways:
 - returns: the row change is committed with the transaction;
-- raises `StepFailed`: G2A refused for good (or the key is lost). The row change (FAILED /
-  KEY_LOST) is committed together with the order's FAILED transition and its refund;
+- raises `StepFailed`: G2A refused for good, answered an order we will not pay (above
+  `max_price` or not in EUR), or the key is lost. The row change (FAILED / KEY_LOST) is
+  committed together with the order's settlement (fulfilment: FAILED with a full refund
+  when no key was delivered, else COMPLETED with a refund of the undelivered units);
 - raises `StepPending`: the outcome is unknown or G2A is not ready (timeout, 5xx, key not
   ready). The transaction rolls back and a later run resumes from the stored state.
 
@@ -27,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from db.models import G2APurchase, G2APurchaseStatus, Order
 from services.g2a import (
+    CreatedOrder,
     G2AAuthError,
     G2ABadRequest,
     G2AClient,
@@ -44,6 +47,10 @@ Logger = structlog.typing.FilteringBoundLogger
 
 G2A_KEYS_LOST = Counter(
     "keysync_g2a_keys_lost_total", "Paid G2A keys answered ORD04 before we stored them (alert)"
+)
+G2A_BAD_ORDER_ANSWERS = Counter(
+    "keysync_g2a_bad_order_answers_total",
+    "G2A order creations answered above max_price or in another currency (never paid; alert)",
 )
 G2A_KEYS_KEPT = Counter(
     "keysync_g2a_keys_kept_total",
@@ -109,6 +116,28 @@ class G2ASteps:
             # Unknown outcome (timeout) included: at worst G2A holds an unpaid orphan order,
             # which costs nothing; we only ever pay orders we stored.
             _pending(exc, bound, "create_order")
+        bad = self._bad_answer(created, unit)
+        if bad:
+            # G2A should have refused (ORD05) or charged in EUR. Paying would spend more
+            # than the customer paid, or an amount we cannot compare: a refused unit. The
+            # G2A order stays unpaid (costs nothing); the row keeps its id for support.
+            bound.error(
+                "ALERT g2a answered an order we will not pay", alert="g2a_bad_order_answer",
+                g2a_order_id=created.order_id, price=str(created.price),
+                currency=created.currency, max_price=str(unit.max_price),
+            )
+            G2A_BAD_ORDER_ANSWERS.inc()
+            session.add(
+                G2APurchase(
+                    order_item_id=unit.item_id,
+                    unit_index=unit.unit_index,
+                    g2a_order_id=created.order_id,
+                    status=G2APurchaseStatus.FAILED,
+                    price=created.price,
+                    last_error=f"not paid: {bad}",
+                )
+            )
+            raise StepFailed(f"g2a create_order answer: {bad}")
         session.add(
             G2APurchase(
                 order_item_id=unit.item_id,
@@ -122,6 +151,14 @@ class G2ASteps:
         # A G2A webhook may have beaten this commit; apply it now that the order is known.
         webhooks.enqueue_orphans(session, self.broker, g2a_order_id=created.order_id)
         bound.info("g2a order created", g2a_order_id=created.order_id, price=str(created.price))
+
+    def _bad_answer(self, created: CreatedOrder, unit: Unit) -> str:
+        """Why G2A's answer to an order creation must not be paid, or ""."""
+        if created.currency.strip().upper() != self.currency.upper():
+            return f"currency {created.currency}, expected {self.currency}"
+        if created.price > unit.max_price:
+            return f"price {created.price} above max_price {unit.max_price}"
+        return ""
 
     def pay(self, row: G2APurchase) -> None:
         """CREATED: `PUT /v1/order/pay/{id}` (idempotent at G2A), then PAID."""

@@ -14,24 +14,65 @@ Every run looks at orders that should be moving but have been quiet for `min_age
 Resuming goes through the same idempotent `fulfil_order` job (and, through it, the same
 `order_status.apply`) as webhooks, so the poller cannot do anything a duplicate webhook
 could not. A "pending" answer (paid, key not ready) needs nothing.
+
+With `chains` (the scheduled poller always passes them) an order whose fulfilment chain is
+alive is left to it, without a G2A call, and a resume claims the order's chain lease before
+it is queued: the poller never starts a second chain next to a live one
+(`services.orders.chains`).
+
+With `give_up`, orders first: one not terminal `give_up.after_s` after it was placed with a
+unit still unpaid at G2A (its fulfilment never got going: G2A down, refusing, no worker)
+fails with a full refund through `order_status.apply`, logged at error with
+`alert=order_gave_up`. Units already paid at G2A are not dropped: fulfilment sees the
+refunded order and fetches and keeps their keys, resumed here when no chain is alive.
+Orders whose every unit is paid only wait for keys and never give up here (G2A has the
+money); `ORDER_STUCK_AFTER_S` shows them to operators.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import dramatiq
+import redis
 import structlog
+from prometheus_client import Counter
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import G2APurchase, G2APurchaseStatus, Order, OrderItem, OrderStatus
+from services.cache import Cache
 from services.g2a import G2AClient, G2AError, G2AOrderNotFound
+from services.orders import status as order_status
+from services.orders.chains import START_LEASE_MS, FulfilmentChains, new_token
 from services.orders.status import REFUNDING
 from worker.enqueue import Actor, enqueue
 
 log = structlog.get_logger(__name__)
+
+ORDERS_GAVE_UP = Counter(
+    "keysync_orders_gave_up_total",
+    "Orders failed with a full refund because fulfilment could not start within "
+    "FULFILMENT_GIVE_UP_S (alert=order_gave_up)",
+)
+
+# Units G2A has been paid for: their order's fulfilment has started.
+_PAID = (G2APurchaseStatus.PAID, G2APurchaseStatus.DELIVERED)
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """Fail orders whose fulfilment could not start within `after_s` (FULFILMENT_GIVE_UP_S);
+    `cache` is invalidated after each commit."""
+
+    after_s: float
+    cache: Cache
+
+    def __post_init__(self) -> None:
+        if self.after_s <= 0:
+            raise ValueError(f"give-up time must be positive, got {self.after_s}")
 
 
 @dataclass
@@ -42,6 +83,10 @@ class PollResult:
     errors: int = 0
     # G2A orders found paid although their (refunded) order stopped before recording it
     paid_after_refund: list[str] = field(default_factory=list)
+    # orders left alone because their fulfilment chain is alive
+    chains_alive: list[uuid.UUID] = field(default_factory=list)
+    # orders failed (and refunded) because fulfilment could not start in time
+    gave_up: list[uuid.UUID] = field(default_factory=list)
 
 
 def _age_cutoff(min_age_s: float) -> object:
@@ -53,11 +98,15 @@ def poll_order_status(
     g2a: G2AClient,
     broker: dramatiq.Broker,
     *,
+    chains: FulfilmentChains | None = None,
+    give_up: GiveUp | None = None,
     min_age_s: float = 60,
     limit: int = 100,
 ) -> PollResult:
     result = PollResult()
     cutoff = _age_cutoff(min_age_s)
+    if give_up is not None:
+        _give_up_stalled(sessions, chains, give_up, result, limit=limit)
     with sessions() as session, session.begin():
         stale = session.execute(
             select(Order.id, Order.status)
@@ -85,7 +134,11 @@ def poll_order_status(
     for order_id, g2a_order_id, unit_status in purchases:
         by_order.setdefault(order_id, []).append((g2a_order_id, unit_status))
 
+    alive = _alive(chains, [oid for oid, _ in stale])
     for order_id, status in stale:
+        if order_id in alive:
+            result.chains_alive.append(order_id)  # the chain comes back on its own
+            continue
         result.checked_orders += 1
         rows = by_order.get(order_id, [])
         bound = log.bind(order_id=str(order_id))
@@ -97,21 +150,188 @@ def poll_order_status(
             bound.info("poller resumes fulfilment", reason=reason)
             result.resumed.append(order_id)
 
-    _resume_paid_refunded(sessions, g2a, result, cutoff=cutoff, limit=limit)
+    _resume_paid_refunded(sessions, g2a, result, chains, cutoff=cutoff, limit=limit)
     _reconcile_refunded(sessions, g2a, result, limit=limit)
-    if result.resumed:
-        with sessions() as session, session.begin():
-            for order_id in result.resumed:
-                enqueue(session, broker, Actor.FULFIL_ORDER, str(order_id))
-    if result.checked_orders:
+    _start_chains(sessions, broker, chains, result)
+    if result.checked_orders or result.gave_up or result.chains_alive:
         log.info(
             "order status poll",
             checked=result.checked_orders,
             details_calls=result.details_calls,
             resumed=len(result.resumed),
+            chains_alive=len(result.chains_alive),
+            gave_up=len(result.gave_up),
             errors=result.errors,
         )
     return result
+
+
+def _alive(chains: FulfilmentChains | None, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    if chains is None:
+        return set()
+    try:
+        return chains.alive(order_ids)
+    except redis.RedisError as exc:
+        # Without the leases every stale order looks chainless; its message then runs
+        # unguarded and does not re-send itself (`FulfilmentChains.run`), so one message
+        # per order and poll is the most this costs.
+        log.warning("fulfilment chain leases unavailable", error=str(exc))
+        return set()
+
+
+def _start_chains(
+    sessions: sessionmaker[Session], broker: dramatiq.Broker,
+    chains: FulfilmentChains | None, result: PollResult,
+) -> None:
+    """Queue `fulfil_order` for each resumed order, as a new chain holding its lease.
+
+    An order whose lease is taken meanwhile (a chain started since we looked) is moved from
+    `resumed` to `chains_alive`: never a second chain."""
+    if not result.resumed:
+        return
+    tokens: dict[uuid.UUID, str | None] = {}
+    for order_id in result.resumed:
+        token: str | None = None
+        if chains is not None:
+            token = new_token()
+            try:
+                if not chains.claim(order_id, token, START_LEASE_MS):
+                    if order_id not in result.chains_alive:
+                        result.chains_alive.append(order_id)
+                    continue
+            except redis.RedisError as exc:
+                log.warning("fulfilment chain lease unavailable; resuming unguarded",
+                            order_id=str(order_id), error=str(exc))
+                token = None
+        tokens[order_id] = token
+    result.resumed = list(tokens)
+    if not tokens:
+        return
+    with sessions() as session, session.begin():
+        for order_id, token in tokens.items():
+            enqueue(session, broker, Actor.FULFIL_ORDER, str(order_id), token)
+
+
+def _give_up_stalled(
+    sessions: sessionmaker[Session], chains: FulfilmentChains | None, give_up: GiveUp,
+    result: PollResult, *, limit: int,
+) -> None:
+    """Fail (with a full refund) live orders placed more than `give_up.after_s` ago that
+    still have a unit G2A was not paid for."""
+    units = (
+        select(OrderItem.order_id, func.sum(OrderItem.quantity).label("units"))
+        .group_by(OrderItem.order_id)
+        .subquery()
+    )
+    paid = (
+        select(OrderItem.order_id, func.count().label("paid"))
+        .join(G2APurchase, G2APurchase.order_item_id == OrderItem.id)
+        .where(G2APurchase.status.in_(_PAID))
+        .group_by(OrderItem.order_id)
+        .subquery()
+    )
+    with sessions() as session:
+        candidates = list(session.scalars(
+            select(Order.id)
+            .join(units, units.c.order_id == Order.id)
+            .outerjoin(paid, paid.c.order_id == Order.id)
+            .where(
+                Order.status.in_([OrderStatus.PENDING, OrderStatus.PROCESSING]),
+                Order.created_at < _age_cutoff(give_up.after_s),
+                func.coalesce(paid.c.paid, 0) < units.c.units,
+            )
+            .order_by(Order.created_at)
+            .limit(limit)
+        ))
+    for order_id in candidates:
+        if _give_up_one(sessions, chains, give_up, order_id):
+            result.gave_up.append(order_id)
+            # `_start_chains` skips it if the live chain will do it (its next run sees
+            # the refund and keeps the paid keys); otherwise a new run fetches them.
+            if _awaiting_keys(sessions, order_id) and order_id not in result.resumed:
+                result.resumed.append(order_id)
+
+
+def _give_up_one(
+    sessions: sessionmaker[Session], chains: FulfilmentChains | None, give_up: GiveUp,
+    order_id: uuid.UUID,
+) -> bool:
+    with sessions() as session, session.begin():
+        # Decided again under the order lock: fulfilment may have paid the last unit, or
+        # finished, since the candidates were read.
+        order = order_status.lock_order(session, order_id)
+        if order is None or order.status in order_status.TERMINAL:
+            return False
+        by_status: dict[G2APurchaseStatus, int] = {
+            status: int(count)
+            for status, count in session.execute(
+                select(G2APurchase.status, func.count())
+                .join(OrderItem, OrderItem.id == G2APurchase.order_item_id)
+                .where(OrderItem.order_id == order_id)
+                .group_by(G2APurchase.status)
+            )
+        }
+        units = int(session.scalar(
+            select(func.coalesce(func.sum(OrderItem.quantity), 0))
+            .where(OrderItem.order_id == order_id)
+        ) or 0)
+        paid_units = sum(by_status.get(s, 0) for s in _PAID)
+        if paid_units >= units:
+            return False
+        age_s = float(session.scalar(
+            select(func.extract("epoch", func.now() - Order.created_at))
+            .where(Order.id == order_id)
+        ) or 0)
+        if age_s < give_up.after_s:
+            return False
+        stored_error = session.scalar(
+            select(G2APurchase.last_error)
+            .join(OrderItem, OrderItem.id == G2APurchase.order_item_id)
+            .where(OrderItem.order_id == order_id, G2APurchase.last_error.is_not(None))
+            .order_by(G2APurchase.updated_at.desc())
+            .limit(1)
+        )
+        transition = order_status.apply(
+            session, order_id, OrderStatus.FAILED, source="give_up", order=order
+        )
+    if transition is None or not transition.changed:
+        return False
+    give_up.cache.invalidate(transition.cache_keys)
+    ORDERS_GAVE_UP.inc()
+    log.error(
+        "ALERT order gave up: fulfilment could not start in time; failed with a full refund",
+        alert="order_gave_up",
+        order_id=str(order_id),
+        age_s=round(age_s),
+        give_up_after_s=give_up.after_s,
+        last_error=_last_error(chains, order_id) or stored_error or "none recorded",
+        units=units,
+        # Paid at G2A before giving up: their keys are still fetched and kept for support.
+        paid_units=paid_units,
+        awaiting_key=int(by_status.get(G2APurchaseStatus.PAID, 0)),
+        refunded=transition.refunded,
+    )
+    return True
+
+
+def _awaiting_keys(sessions: sessionmaker[Session], order_id: uuid.UUID) -> bool:
+    with sessions() as session:
+        return bool(session.scalar(
+            select(func.count())
+            .select_from(G2APurchase)
+            .join(OrderItem, OrderItem.id == G2APurchase.order_item_id)
+            .where(OrderItem.order_id == order_id,
+                   G2APurchase.status == G2APurchaseStatus.PAID)
+        ))
+
+
+def _last_error(chains: FulfilmentChains | None, order_id: uuid.UUID) -> str | None:
+    if chains is None:
+        return None
+    try:
+        return chains.last_error(order_id)
+    except redis.RedisError:
+        return None
 
 
 def _check_g2a(
@@ -148,8 +368,8 @@ def _check_g2a(
 
 
 def _resume_paid_refunded(
-    sessions: sessionmaker[Session], g2a: G2AClient, result: PollResult, *, cutoff: object,
-    limit: int,
+    sessions: sessionmaker[Session], g2a: G2AClient, result: PollResult,
+    chains: FulfilmentChains | None, *, cutoff: object, limit: int,
 ) -> None:
     """Resume refunded orders that still have PAID units: their keys are paid for.
 
@@ -175,7 +395,12 @@ def _resume_paid_refunded(
     by_order: dict[uuid.UUID, list[tuple[str | None, G2APurchaseStatus]]] = {}
     for order_id, g2a_order_id in rows:
         by_order.setdefault(order_id, []).append((g2a_order_id, G2APurchaseStatus.PAID))
+    alive = _alive(chains, list(by_order))
     for order_id, paid in by_order.items():
+        if order_id in alive:
+            if order_id not in result.chains_alive:
+                result.chains_alive.append(order_id)
+            continue
         result.checked_orders += 1
         bound = log.bind(order_id=str(order_id))
         if _check_g2a(g2a, paid, result, bound) and order_id not in result.resumed:

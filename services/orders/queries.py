@@ -9,13 +9,23 @@ its own snapshot with the very same code.
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 import structlog
 from cryptography.fernet import Fernet, InvalidToken
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from db.models import G2APurchase, G2APurchaseStatus, Order, OrderItem, OrderStatus
+from db.models import (
+    G2APurchase,
+    G2APurchaseStatus,
+    Order,
+    OrderItem,
+    OrderStatus,
+    Transaction,
+    TransactionStatus,
+    TransactionType,
+)
 from services.orders.errors import OrderNotFound
 from services.orders.schemas import CachedOrder, CachedOrderList, OrderLineView, OrderView
 
@@ -36,16 +46,54 @@ def _encrypted_keys(session: Session, order: Order) -> list[str]:
     return [token.decode() for token in rows if token is not None]
 
 
+def _delivered_per_item(session: Session, order: Order) -> dict[int, int]:
+    rows = session.execute(
+        select(G2APurchase.order_item_id, func.count())
+        .join(OrderItem, OrderItem.id == G2APurchase.order_item_id)
+        .where(
+            OrderItem.order_id == order.id,
+            G2APurchase.status == G2APurchaseStatus.DELIVERED,
+            G2APurchase.key_encrypted.is_not(None),
+        )
+        .group_by(G2APurchase.order_item_id)
+    ).all()
+    return {item_id: int(count) for item_id, count in rows}
+
+
+def _refunded(session: Session, order: Order) -> Decimal:
+    amount = session.scalar(
+        select(func.coalesce(func.sum(Transaction.amount), 0)).where(
+            Transaction.order_id == order.id,
+            Transaction.type == TransactionType.REFUND,
+            Transaction.status == TransactionStatus.COMPLETED,
+        )
+    )
+    return Decimal(amount or 0).quantize(Decimal("0.01"))
+
+
 def order_view(session: Session, order: Order, *, with_keys: bool = True) -> CachedOrder:
-    """The cacheable view of a loaded order; its stored keys only when COMPLETED."""
+    """The cacheable view of a loaded order; its stored keys only when COMPLETED.
+
+    `refunded` and each line's `delivered` change only with the order's status (refunds
+    and completion happen in `status.apply`), so the cache entry, invalidated on every
+    transition, never holds a stale count while keys are being bought."""
     completed = with_keys and order.status is OrderStatus.COMPLETED
+    # A PENDING/PROCESSING order has neither: spare the queries on the hot create path.
+    delivered = (
+        _delivered_per_item(session, order) if order.status is OrderStatus.COMPLETED else {}
+    )
+    final = order.status in (OrderStatus.COMPLETED, OrderStatus.FAILED, OrderStatus.CANCELLED)
     return CachedOrder(
         id=order.id,
         user_id=order.user_id,
         status=order.status,
         total=order.total,
+        refunded=_refunded(session, order) if final else Decimal("0.00"),
         items=[
-            OrderLineView(game_id=i.game_id, quantity=i.quantity, unit_price=i.unit_price)
+            OrderLineView(
+                game_id=i.game_id, quantity=i.quantity, unit_price=i.unit_price,
+                delivered=delivered.get(i.id, 0),
+            )
             for i in order.items
         ],
         created_at=order.created_at,

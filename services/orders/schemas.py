@@ -33,6 +33,10 @@ class OrderLineView(BaseModel):
     game_id: uuid.UUID
     quantity: int
     unit_price: Money
+    # Keys the customer got for this line: the stored keys of a COMPLETED order, else 0.
+    # Below `quantity` on a COMPLETED order when G2A stopped selling mid-way (the rest is
+    # in the order's `refunded`). The default reads cache entries written before the field.
+    delivered: int = 0
 
 
 class _OrderBase(BaseModel):
@@ -43,6 +47,9 @@ class _OrderBase(BaseModel):
     user_id: uuid.UUID
     status: OrderStatus
     total: Money
+    # The order's one REFUND: the total for FAILED/CANCELLED, the undelivered units for a
+    # partially delivered COMPLETED order, else 0.00.
+    refunded: Money = Decimal("0.00")
     items: list[OrderLineView]
     created_at: Timestamp
     updated_at: Timestamp

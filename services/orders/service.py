@@ -1,7 +1,9 @@
 """Buying: create an order atomically; reading orders through the cache for the API.
 
-`create_order` is one Postgres transaction: lock the user row, price the items from the
-current `games.price`, insert the order (PENDING), its items and the PURCHASE transaction,
+`create_order` is one Postgres transaction: lock the user row, merge duplicate lines (1..10
+units per game after merging), price the items from the current `games.price`, refuse more
+units than G2A lists (`games.g2a_qty`) and a total other than the customer's
+`expected_total`, insert the order (PENDING), its items and the PURCHASE transaction,
 debit the balance, clear the cart when the order came from it, and enqueue `fulfil_order`
 (`worker.enqueue`: staged in the job outbox, sent after commit; the outbox relay re-sends it
 if the broker is down or we die first). Any failure rolls all of it back (no order, no
@@ -37,10 +39,19 @@ from db.models import (
     User,
 )
 from services.cache import Cache, keys
+from services.cart.schemas import MAX_QUANTITY
 from services.cart.service import is_buyable
+from services.errors import InvalidInput
 from services.games.errors import GameUnavailable
 from services.orders import queries
-from services.orders.errors import EmptyOrder, InsufficientBalance, OrderNotFound
+from services.orders.errors import (
+    EmptyOrder,
+    InsufficientBalance,
+    InsufficientStock,
+    InvalidQuantity,
+    OrderNotFound,
+    PriceChanged,
+)
 from services.orders.schemas import CachedOrder, CachedOrderList, OrderList, OrderView
 from worker.enqueue import Actor, enqueue
 
@@ -58,11 +69,18 @@ class LineRequest:
 
 
 def _merge(lines: Sequence[LineRequest]) -> dict[uuid.UUID, int]:
+    """Units per game. The cap applies after merging: duplicate lines are one purchase, so
+    100 lines of 10 cannot buy 1,000 keys of one game."""
     merged: dict[uuid.UUID, int] = {}
     for line in lines:
         if line.quantity <= 0:
             raise EmptyOrder("quantities must be positive")
         merged[line.game_id] = merged.get(line.game_id, 0) + line.quantity
+        if merged[line.game_id] > MAX_QUANTITY:
+            raise InvalidQuantity(
+                f"game {line.game_id}: at most {MAX_QUANTITY} units per game "
+                f"(duplicate lines are added up), {merged[line.game_id]} requested"
+            )
     return merged
 
 
@@ -72,16 +90,25 @@ def create_order(
     cache: Cache,
     user_id: uuid.UUID,
     items: Sequence[LineRequest] | None = None,
+    *,
+    expected_total: Decimal | None = None,
 ) -> OrderView:
     """Create and pay an order from `items`, or from the user's cart when None.
 
-    Raises EmptyOrder, GameUnavailable or InsufficientBalance (nothing written then).
-    Returns the order in its API shape.
+    `expected_total`: the total the customer was shown; if the current prices give another
+    total, PriceChanged (with the current total) and nothing is bought.
+    Raises EmptyOrder, InvalidQuantity, GameUnavailable, InsufficientStock, PriceChanged or
+    InsufficientBalance (nothing written then). Returns the order in its API shape.
     """
+    if expected_total is not None and (
+        not expected_total.is_finite() or expected_total < 0
+        or expected_total != expected_total.quantize(CENT)
+    ):
+        raise InvalidInput("expected_total must be a non-negative amount with at most 2 decimals")
     bound = log.bind(user_id=str(user_id))
     with sessions() as session:
         with session.begin():
-            order = _create_in_transaction(session, user_id, items)
+            order = _create_in_transaction(session, user_id, items, expected_total)
             # Sent after commit, never raising: a broker failure must not turn a committed
             # purchase into an error the client retries (and so buys twice).
             enqueue(session, broker, Actor.FULFIL_ORDER, str(order.id))
@@ -94,7 +121,10 @@ def create_order(
 
 
 def _create_in_transaction(
-    session: Session, user_id: uuid.UUID, items: Sequence[LineRequest] | None
+    session: Session,
+    user_id: uuid.UUID,
+    items: Sequence[LineRequest] | None,
+    expected_total: Decimal | None,
 ) -> Order:
     # The user row lock serialises every purchase of this user, so two concurrent orders
     # cannot both pass the balance check on the same money.
@@ -128,10 +158,18 @@ def _create_in_transaction(
         game = games.get(game_id)
         if game is None or not is_buyable(game):
             raise GameUnavailable(game_id)
+    for game_id, quantity in wanted.items():
+        # Fulfilment checks G2A again before buying (its stock may have fallen since the
+        # last sync); this refuses what we already know cannot be delivered in full.
+        if quantity > games[game_id].g2a_qty:
+            raise InsufficientStock(game_id, quantity, games[game_id].g2a_qty)
 
     total = sum(
         (games[gid].price * qty for gid, qty in wanted.items()), Decimal("0")
     ).quantize(CENT)
+    # Before the balance: a customer whose price moved must hear that, not "top up".
+    if expected_total is not None and expected_total != total:
+        raise PriceChanged(expected_total, total)
     if user.balance < total:
         raise InsufficientBalance(f"balance {user.balance} is below the order total {total}")
 

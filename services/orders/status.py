@@ -5,13 +5,19 @@ Rules (CONTRACT §5):
 - status only moves forward: PENDING -> PROCESSING -> COMPLETED | FAILED | CANCELLED, and
   PENDING -> FAILED | CANCELLED; terminal states are final; anything else is recorded in the
   log and ignored, so late or out-of-order events are harmless;
-- COMPLETED means "every key is stored": a COMPLETED request for an order whose keys are not
-  all DELIVERED is refused here (`needs_fulfilment`), and the caller resumes fulfilment, which
-  completes the order itself once the last key is in;
+- COMPLETED means "every key is stored or refunded": a COMPLETED request for an order whose
+  keys are not all DELIVERED is refused here (`needs_fulfilment`), and the caller resumes
+  fulfilment, which completes the order itself once the last key is in;
+- except when fulfilment settles an order G2A stopped selling to us mid-way
+  (`settle_undelivered=True`, CONTRACT §5's residual race): the delivered keys stay
+  delivered, the order becomes COMPLETED and the undelivered units' amount
+  (the sum of unit_price * (quantity - delivered)) is refunded; with no key delivered at all it is a
+  failure instead (FAILED, full refund);
 - FAILED / CANCELLED refund the order total exactly once: the REFUND row is inserted with
   `ON CONFLICT DO NOTHING` against the partial unique index (one REFUND per order), and the
   balance is credited only when that insert happened. The order row lock serialises callers;
-  the index is the backstop if a caller ever forgets the lock.
+  the index is the backstop if a caller ever forgets the lock. A partially delivered order's
+  refund is the same one row, so an order is refunded at most once whatever happens.
 
 The PURCHASE transaction records the debit made at order creation, which did happen, so it
 stays COMPLETED; a refund is its own COMPLETED REFUND row. That keeps the ledger invariant
@@ -110,22 +116,45 @@ def lock_order(session: Session, order_id: uuid.UUID) -> Order | None:
     ).scalar_one_or_none()
 
 
-def undelivered_units(session: Session, order_id: uuid.UUID) -> int:
-    """Units of the order without a DELIVERED key."""
-    units = session.scalar(
-        select(func.coalesce(func.sum(OrderItem.quantity), 0)).where(OrderItem.order_id == order_id)
-    )
-    delivered = session.scalar(
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How far an order's keys are: units ordered, units with a stored key, and what the
+    units without one cost the customer."""
+
+    units: int
+    delivered: int
+    undelivered_amount: Decimal
+
+    @property
+    def undelivered(self) -> int:
+        return self.units - self.delivered
+
+
+def delivery(session: Session, order_id: uuid.UUID) -> Delivery:
+    """The order's `Delivery`, in the caller's transaction."""
+    delivered = (
         select(func.count())
         .select_from(G2APurchase)
-        .join(OrderItem, OrderItem.id == G2APurchase.order_item_id)
         .where(
-            OrderItem.order_id == order_id,
+            G2APurchase.order_item_id == OrderItem.id,
             G2APurchase.status == G2APurchaseStatus.DELIVERED,
             G2APurchase.key_encrypted.is_not(None),
         )
+        .scalar_subquery()
     )
-    return int(units or 0) - int(delivered or 0)
+    units, keys, missing = session.execute(
+        select(
+            func.coalesce(func.sum(OrderItem.quantity), 0),
+            func.coalesce(func.sum(delivered), 0),
+            func.coalesce(func.sum((OrderItem.quantity - delivered) * OrderItem.unit_price), 0),
+        ).where(OrderItem.order_id == order_id)
+    ).one()
+    return Delivery(int(units), int(keys), Decimal(missing))
+
+
+def undelivered_units(session: Session, order_id: uuid.UUID) -> int:
+    """Units of the order without a DELIVERED key."""
+    return delivery(session, order_id).undelivered
 
 
 def apply(
@@ -135,12 +164,17 @@ def apply(
     *,
     source: str,
     order: Order | None = None,
+    settle_undelivered: bool = False,
 ) -> Transition | None:
     """Move `order_id` to `target` if that is a forward move; None if the order is unknown.
 
     Runs inside the caller's transaction and row-locks the order (pass `order` when the
     caller already holds the lock). Nothing is invalidated here: the caller does that after
     its commit with `Transition.cache_keys`.
+
+    `settle_undelivered` (fulfilment only, with target COMPLETED, once G2A refused a unit
+    and nothing more will be bought): complete with the keys delivered so far and refund
+    the rest; FAILED with a full refund when no key was delivered.
     """
     if order is None:
         order = lock_order(session, order_id)
@@ -151,17 +185,30 @@ def apply(
     if target == previous or target not in _ALLOWED.get(previous, frozenset()):
         bound.info("order status change ignored", current=previous.value, requested=target.value)
         return Transition(order.id, order.user_id, previous, previous, changed=False)
-    if target is OrderStatus.COMPLETED and undelivered_units(session, order.id) > 0:
-        bound.info("order completion deferred: keys missing", current=previous.value)
-        return Transition(
-            order.id, order.user_id, previous, previous, changed=False, needs_fulfilment=True
-        )
+    refund = Decimal(order.total) if target in REFUNDING else Decimal(0)
+    if target is OrderStatus.COMPLETED:
+        done = delivery(session, order.id)
+        if done.undelivered > 0:
+            if not settle_undelivered:
+                bound.info("order completion deferred: keys missing", current=previous.value)
+                return Transition(
+                    order.id, order.user_id, previous, previous, changed=False,
+                    needs_fulfilment=True,
+                )
+            if done.delivered == 0:
+                target, refund = OrderStatus.FAILED, Decimal(order.total)
+            else:
+                refund = done.undelivered_amount
+                bound.warning(
+                    "order partially delivered; undelivered units refunded",
+                    delivered=done.delivered, undelivered=done.undelivered, refund=str(refund),
+                )
 
     order.status = target
     order.updated_at = func.now()
     refunded = False
-    if target in REFUNDING:
-        refunded = _refund_once(session, order)
+    if refund > 0:
+        refunded = _refund_once(session, order, refund)
     session.flush()
     # Counted before commit: a rolled-back caller over-counts, which the ledger never does.
     ORDER_TRANSITIONS.labels(target.value).inc()
@@ -173,8 +220,7 @@ def apply(
     return Transition(order.id, order.user_id, previous, target, changed=True, refunded=refunded)
 
 
-def _refund_once(session: Session, order: Order) -> bool:
-    amount = Decimal(order.total)
+def _refund_once(session: Session, order: Order, amount: Decimal) -> bool:
     if amount <= 0:
         return False  # nothing was debited (a free order), so nothing to give back
     inserted = session.execute(

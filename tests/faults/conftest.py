@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_lib
@@ -16,7 +17,9 @@ from sqlalchemy import text
 
 from g2a_sim.server import SimServer
 from keysync.embedded import EmbeddedPostgres, EmbeddedRedis
+from keysync.resources import Resources
 from tests.conftest import TABLES
+from worker.broker import create_broker
 
 
 @pytest.fixture
@@ -38,6 +41,31 @@ def own_redis_client(own_redis: EmbeddedRedis) -> Iterator[redis_lib.Redis]:
     client = redis_lib.Redis.from_url(own_redis.url, socket_connect_timeout=1)
     yield client
     client.close()
+
+
+@pytest.fixture
+def make_resources(settings: Any, own_redis: EmbeddedRedis) -> Iterator[Callable[[], Resources]]:
+    """Resources of a process (web or CLI) using `own_redis` as cache, locks and broker;
+    each call is one more process (one started after an outage has a closed breaker)."""
+    built: list[Resources] = []
+
+    def make() -> Resources:
+        broker = create_broker(own_redis.url)
+        res = Resources.build(
+            settings.model_copy(update={"redis_url": own_redis.url,
+                                        "broker_url": own_redis.url}), broker)
+        built.append(res)
+        return res
+
+    yield make
+    for res in built:
+        res.close()
+        res.broker.client.close()
+
+
+@pytest.fixture
+def own_resources(make_resources: Callable[[], Resources]) -> Resources:
+    return make_resources()
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,12 @@ from typing import Any
 import httpx
 import redis as redis_lib
 from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy import select
 
+from db.models import SyncRun
 from g2a_sim.server import SimServer
+from keysync.embedded import EmbeddedRedis
+from services.g2a import G2AClient, RateLimiter
 from services.ops import invariants
 from tests.helpers import wait_until
 
@@ -88,14 +92,34 @@ def sim_clear(sim: SimServer) -> None:
     httpx.delete(sim.url + "/_sim/faults", timeout=5).raise_for_status()
 
 
+# Our shared G2A rate limit in these tests: far above anything they send, because the
+# simulator runs unthrottled and the 429s a scenario needs are injected.
+RATE_LIMIT_PER_MIN = 600_000
+
+
 def g2a_env(sim: SimServer) -> dict[str, str]:
     return {
         "G2A_API_URL": sim.url,
         "G2A_EMAIL": sim.config.email,
         "G2A_API_HASH": sim.config.api_hash,
         "G2A_API_SECRET": sim.config.api_secret,
-        "G2A_RATE_LIMIT_PER_MIN": "600000",
+        "G2A_RATE_LIMIT_PER_MIN": str(RATE_LIMIT_PER_MIN),
     }
+
+
+def sim_g2a_client(http: httpx.Client, sim: SimServer, redis: redis_lib.Redis,
+                   **retry: Any) -> G2AClient:
+    """Our G2A client for `sim`, paced by the Redis limiter as in a process of ours;
+    `retry`: the client's `max_attempts`, `base_wait_s`, `max_wait_s`."""
+    return G2AClient(http, email=sim.config.email, api_hash=sim.config.api_hash,
+                     api_secret=sim.config.api_secret,
+                     rate_limiter=RateLimiter(redis, RATE_LIMIT_PER_MIN), **retry)
+
+
+def sync_runs(sessions: Any) -> list[SyncRun]:
+    """Every `sync_runs` row, oldest first."""
+    with sessions() as session:
+        return list(session.scalars(select(SyncRun).order_by(SyncRun.started_at)))
 
 
 def catalog_differences(sessions: Any, sim: SimServer, markup: Decimal = Decimal("2")
@@ -128,6 +152,11 @@ def catalog_differences(sessions: Any, sim: SimServer, markup: Decimal = Decimal
 
 
 # --- processes -----------------------------------------------------------------------------
+
+
+def redis_env(server: EmbeddedRedis) -> dict[str, str]:
+    """The environment of a keysync process using `server` as cache, locks and broker."""
+    return {"REDIS_URL": server.url, "BROKER_URL": server.url}
 
 
 class Proc:

@@ -30,7 +30,7 @@ def _setup(resources: Any) -> tuple[TestClient, dict[str, str], dict[str, str], 
     user_id = make_user(resources.sessions, "50.00")
     secret = resources.settings.jwt_secret.get_secret_value()
     auth = {"Authorization": f"Bearer {tokens.issue(user_id, secret, 600)}"}
-    guest = {"X-Session-Id": "guest-one"}
+    guest = {"X-Session-Id": "guest-one-0123456789abcdef"}
     order = app.post("/orders", json={"items": [{"game_id": str(game), "quantity": 1}]},
                      headers=auth).json()
     for headers in (auth, guest):
@@ -74,7 +74,7 @@ def test_each_kind_of_stale_entry_is_found(resources: Any, redis_client: Any) ->
     assert stale == sorted([
         f"game:{game}", f"order:{order_id}", f"user:{user_id}:cart",
         f"user:{user_id}:orders", f"user:{user_id}:wishlist",
-        "session:guest-one:cart", "session:guest-one:wishlist",
+        "session:guest-one-0123456789abcdef:cart", "session:guest-one-0123456789abcdef:wishlist",
     ])
 
 
@@ -111,7 +111,7 @@ def test_cached_cart_and_wishlist_follow_a_catalog_price_change(
         with resources.sessions() as s:
             game = s.scalars(select(Game.id).where(Game.in_stock.is_(True)).limit(1)).one()
         app = TestClient(create_app(resources))
-        guest = {"X-Session-Id": "guest-two"}
+        guest = {"X-Session-Id": "guest-two-0123456789abcdef"}
         app.put("/cart/items", json={"game_id": str(game), "quantity": 1}, headers=guest)
         app.put("/wishlist/items", json={"game_id": str(game)}, headers=guest)
         assert app.get("/cart", headers=guest).status_code == 200

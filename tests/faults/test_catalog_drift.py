@@ -21,13 +21,13 @@ from sqlalchemy import select
 from db.models import Game
 from g2a_sim.server import SimServer
 from services.catalog import SyncDeps, SyncResult, run_catalog_sync
-from services.g2a import G2AClient, RateLimiter
 from tests.faults.support import (
     Figures,
     catalog_differences,
     check_invariants,
     sim_clear,
     sim_faults,
+    sim_g2a_client,
     sim_stats,
 )
 
@@ -80,10 +80,8 @@ def test_full_syncs_against_a_drifting_catalog_never_deactivate_what_g2a_sells(
 ) -> None:
     rng = random.Random(20261201)
     with httpx.Client(base_url=sim.url, timeout=2) as http:
-        client = G2AClient(http, email=sim.config.email, api_hash=sim.config.api_hash,
-                           api_secret=sim.config.api_secret,
-                           rate_limiter=RateLimiter(redis_client, 600_000),
-                           max_attempts=2, base_wait_s=0.01, max_wait_s=0.02)
+        client = sim_g2a_client(http, sim, redis_client,
+                                max_attempts=2, base_wait_s=0.01, max_wait_s=0.02)
         deps = SyncDeps(sessions=resources.sessions, redis=resources.redis,
                         cache=resources.cache, client=client, markup_percent=Decimal("2"),
                         concurrency=4, max_removal_percent=Decimal("10"))

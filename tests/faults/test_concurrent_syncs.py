@@ -29,6 +29,7 @@ from tests.faults.support import (
     sim_faults,
     sim_stats,
     start_worker,
+    sync_runs,
     wait_until,
 )
 from worker.election import MEMBERS_KEY, STATE_KEY
@@ -108,8 +109,7 @@ def test_two_syncs_three_schedulers_two_workers(
     assert ran + skipped >= 2 + sync_ticks  # every sync message was handled, none lost
     assert skipped + deferred >= 1  # the two at once cannot both have run
 
-    with resources.sessions() as s:
-        runs = list(s.scalars(select(SyncRun).order_by(SyncRun.started_at)))
+    runs = sync_runs(resources.sessions)
     figures.notes["sync_runs"] = len(runs)
     figures.notes["kinds"] = dict(Counter(getattr(r.kind, "value", r.kind) for r in runs))
     # One at a time (the rest found the lock taken and were skipped), fences increasing.

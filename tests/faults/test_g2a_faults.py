@@ -16,7 +16,7 @@ from sqlalchemy import select
 from db.models import G2APurchase, G2APurchaseStatus, Game, Order, OrderItem, OrderStatus
 from g2a_sim.server import SimServer
 from services.catalog import SyncDeps, run_catalog_sync
-from services.g2a import G2AClient, RateLimiter
+from services.g2a import G2AClient
 from services.orders import service as orders
 from services.orders.fulfilment import Fulfiller, FulfilmentOutcome
 from tests.faults.support import (
@@ -25,6 +25,7 @@ from tests.faults.support import (
     check_invariants,
     sim_clear,
     sim_faults,
+    sim_g2a_client,
     sim_stats,
 )
 from tests.order_helpers import make_user
@@ -42,10 +43,8 @@ FAULTS: dict[str, dict[str, Any]] = {
 @pytest.fixture
 def g2a(sim: SimServer, redis_client: Any) -> Iterator[G2AClient]:
     with httpx.Client(base_url=sim.url, timeout=CLIENT_TIMEOUT_S) as http:
-        yield G2AClient(http, email=sim.config.email, api_hash=sim.config.api_hash,
-                        api_secret=sim.config.api_secret,
-                        rate_limiter=RateLimiter(redis_client, 600_000),
-                        max_attempts=3, base_wait_s=0.01, max_wait_s=0.05)
+        yield sim_g2a_client(http, sim, redis_client,
+                             max_attempts=3, base_wait_s=0.01, max_wait_s=0.05)
 
 
 def _units(sessions: Any, order_id: uuid.UUID) -> list[G2APurchase]:

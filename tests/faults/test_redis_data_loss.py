@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,26 +38,16 @@ from tests.faults.support import (
     check_invariants,
     g2a_env,
     processes,
+    redis_env,
     sim_clear,
     sim_faults,
     start_worker,
+    sync_runs,
     wait_until,
 )
 from web.app import create_app
-from worker.broker import create_broker
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def own_resources(settings: Any, own_redis: EmbeddedRedis) -> Iterator[Resources]:
-    """A web/CLI process's resources with our own Redis as cache, locks and broker."""
-    broker = create_broker(own_redis.url)
-    res = Resources.build(settings.model_copy(update={"redis_url": own_redis.url,
-                                                      "broker_url": own_redis.url}), broker)
-    yield res
-    res.close()
-    broker.client.close()
 
 
 def wipe_and_restart(server: EmbeddedRedis) -> None:
@@ -83,11 +72,6 @@ def keysync(*args: str, env: dict[str, str]) -> tuple[int, dict[str, Any]]:
     return done.returncode, json.loads(lines[-1])
 
 
-def runs(sessions: Any) -> list[SyncRun]:
-    with sessions() as s:
-        return list(s.scalars(select(SyncRun).order_by(SyncRun.started_at)))
-
-
 def read_games(app: TestClient, sessions: Any, figures: Figures) -> int:
     """Customers look at games: fills the cache the next sync must keep honest."""
     with sessions() as s:
@@ -108,18 +92,18 @@ def test_redis_wiped_during_syncs_and_stock_checks(
     sessions = res.sessions
     app = TestClient(create_app(res))
     with SimServer(products=200, seed=31, rate_limit_per_min=0) as sim, processes() as procs:
-        env = {**g2a_env(sim), "REDIS_URL": own_redis.url, "BROKER_URL": own_redis.url}
+        env = {**g2a_env(sim), **redis_env(own_redis)}
 
         # Before: a full sync and stock checks (CLI and worker), so tokens have been written.
         code, first = keysync("sync", "--full", "--wait", env=env)
         assert (code, first["status"], first["added"]) == (0, "succeeded", 200), first
         procs.append(worker := start_worker(tmp_path, own_redis_client, env))
         job_outbox.send(res.broker, "stock_check")
-        wait_until(lambda: [r.status for r in runs(sessions)] == ["succeeded"] * 2, 30,
+        wait_until(lambda: [r.status for r in sync_runs(sessions)] == ["succeeded"] * 2, 30,
                    "the worker's stock check")
         code, stock = keysync("stock-check", "--wait", env=env)
         assert (code, stock["status"]) == (0, "succeeded"), stock
-        before = runs(sessions)
+        before = sync_runs(sessions)
         highest_before = fence_floor(sessions, SYNC_FENCE)
         assert highest_before == max(r.fence_token for r in before) == 3
         read_games(app, sessions, figures)
@@ -134,7 +118,7 @@ def test_redis_wiped_during_syncs_and_stock_checks(
 
         def running() -> SyncRun | None:
             assert in_flight.popen.poll() is None, in_flight.output()
-            row = next((r for r in runs(sessions) if r.status == "running"), None)
+            row = next((r for r in sync_runs(sessions) if r.status == "running"), None)
             return row if own_redis_client.exists(SYNC_LOCK) else None
 
         interrupted = wait_until(running, 30, "the full sync running under the lock")
@@ -150,7 +134,7 @@ def test_redis_wiped_during_syncs_and_stock_checks(
 
         def next_run() -> SyncRun | None:
             assert worker.popen.poll() is None, worker.output()
-            return next((r for r in runs(sessions) if r.fence_token > interrupted.fence_token),
+            return next((r for r in sync_runs(sessions) if r.fence_token > interrupted.fence_token),
                         None)
 
         after_wipe = wait_until(next_run, 60, "the worker's stock check after the wipe")
@@ -160,7 +144,7 @@ def test_redis_wiped_during_syncs_and_stock_checks(
         assert in_flight.popen.wait(120) is not None
 
         def finished(run_id: Any) -> SyncRun | None:
-            row = next(r for r in runs(sessions) if r.id == run_id)
+            row = next(r for r in sync_runs(sessions) if r.id == run_id)
             return row if row.finished_at is not None else None
 
         after_wipe = wait_until(lambda: finished(after_wipe.id), 60, "the stock check's end")
@@ -185,12 +169,12 @@ def test_redis_wiped_during_syncs_and_stock_checks(
         assert full["updated"] >= 40 and full["removed"] == 0
         code, stock = keysync("stock-check", "--wait", env=env)
         assert (code, stock["status"]) == (0, "succeeded"), stock
-        tokens = [r.fence_token for r in runs(sessions)]
+        tokens = [r.fence_token for r in sync_runs(sessions)]
         assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens), tokens
         assert fence_floor(sessions, SYNC_FENCE) == tokens[-1] == stock["fence_token"]
         assert int(own_redis_client.get(SYNC_FENCE) or 0) == tokens[-1]
         assert catalog_differences(sessions, sim) == []
-        figures.requests += sum(r.requests for r in runs(sessions))
+        figures.requests += sum(r.requests for r in sync_runs(sessions))
         figures.notes["fence_tokens"] = tokens
 
     # `keysync check`, as an operator runs it, with the cache compared against Postgres.
@@ -201,4 +185,4 @@ def test_redis_wiped_during_syncs_and_stock_checks(
     assert invariants.cache_entries_compared > 0
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Game)) == 200
-    assert all(r.status == "succeeded" for r in runs(sessions) if r.id != interrupted.id)
+    assert all(r.status == "succeeded" for r in sync_runs(sessions) if r.id != interrupted.id)

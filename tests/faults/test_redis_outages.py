@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -31,54 +31,29 @@ from services import job_outbox
 from services.accounts import tokens
 from services.cache import Cache, CacheOutbox, make_cache_redis
 from services.catalog import Progress, SyncDeps, run_catalog_sync
-from services.g2a import G2AClient, RateLimiter
 from services.webhooks import service as webhooks
 from tests.faults.support import (
     Figures,
     catalog_differences,
     check_invariants,
     processes,
+    redis_env,
     sim_faults,
+    sim_g2a_client,
     start_worker,
     wait_until,
 )
 from tests.order_flows import place_order
 from tests.order_helpers import deliver_all, make_game, signed_headers, status_body
 from web.app import create_app
-from worker.broker import create_broker
 
-
-@pytest.fixture
-def make_resources(settings: Any, own_redis: EmbeddedRedis) -> Iterator[Any]:
-    """Resources of a process (web or CLI) using our own Redis as cache, locks and broker."""
-    built: list[Resources] = []
-
-    def make() -> Resources:
-        broker = create_broker(own_redis.url)
-        res = Resources.build(
-            settings.model_copy(update={"redis_url": own_redis.url,
-                                        "broker_url": own_redis.url}), broker)
-        built.append(res)
-        return res
-
-    yield make
-    for res in built:
-        res.close()
-        res.broker.client.close()
-
-
-@pytest.fixture
-def own_resources(make_resources: Any) -> Resources:
-    return make_resources()  # type: ignore[no-any-return]
+# `own_redis`, `own_resources` (a process of ours on it) and `make_resources` (one more
+# such process) are the fault suite's fixtures, in tests/faults/conftest.py.
 
 
 def replay_cache_outbox(resources: Resources, url: str) -> int:
     """What the scheduled `replay_cache_outbox` actor does in a worker that (re)started."""
     return Cache(make_cache_redis(url), CacheOutbox(resources.sessions)).replay_outbox()
-
-
-def _worker_env(own_redis: EmbeddedRedis) -> dict[str, str]:
-    return {"REDIS_URL": own_redis.url, "BROKER_URL": own_redis.url}
 
 
 def _count(sessions: Any, model: Any, *where: Any) -> int:
@@ -96,10 +71,7 @@ def test_redis_restarted_during_a_sync(
     res = own_resources
     with SimServer(products=300, seed=5, rate_limit_per_min=0) as sim, \
             httpx.Client(base_url=sim.url, timeout=5.0) as http:
-        client = G2AClient(http, email=sim.config.email, api_hash=sim.config.api_hash,
-                           api_secret=sim.config.api_secret,
-                           rate_limiter=RateLimiter(res.redis, 600_000),
-                           base_wait_s=0.01, max_wait_s=0.05)
+        client = sim_g2a_client(http, sim, res.redis, base_wait_s=0.01, max_wait_s=0.05)
         # One write batch per page, so games are written (and invalidated) during the outage.
         deps = SyncDeps(sessions=res.sessions, redis=res.redis, cache=res.cache, client=client,
                         markup_percent=Decimal("2"), concurrency=1, batch_size=20)
@@ -167,8 +139,9 @@ def _orders_in_processing(resources: Any, n: int) -> list[tuple[uuid.UUID, uuid.
 
 @pytest.mark.slow
 def test_redis_restarted_during_webhook_processing(
-    resources: Any, own_resources: Resources, make_resources: Any, own_redis: EmbeddedRedis,
-    own_redis_client: redis_lib.Redis, tmp_path: Path, figures: Figures,
+    resources: Any, own_resources: Resources, make_resources: Callable[[], Resources],
+    own_redis: EmbeddedRedis, own_redis_client: redis_lib.Redis, tmp_path: Path,
+    figures: Figures,
 ) -> None:
     res = own_resources
     # Orders made with the suite's resources: their fulfil_order messages go to the
@@ -200,7 +173,7 @@ def test_redis_restarted_during_webhook_processing(
             figures.requests += 2
 
     with processes() as procs:
-        procs.append(start_worker(tmp_path, own_redis_client, _worker_env(own_redis)))
+        procs.append(start_worker(tmp_path, own_redis_client, redis_env(own_redis)))
         read_orders()
         assert set(send(events[:20])) == {202}
         own_redis.stop()
@@ -237,12 +210,12 @@ def test_redis_restarted_during_webhook_processing(
 
 @pytest.mark.slow
 def test_redis_restarted_during_logins(
-    resources: Any, own_resources: Resources, make_resources: Any, own_redis: EmbeddedRedis,
+    own_resources: Resources, make_resources: Callable[[], Resources], own_redis: EmbeddedRedis,
     own_redis_client: redis_lib.Redis, tmp_path: Path, figures: Figures,
 ) -> None:
     res = own_resources
     app = TestClient(create_app(res))
-    games = [make_game(resources.sessions, price=p) for p in ("5.00", "7.50", "12.00")]
+    games = [make_game(res.sessions, price=p) for p in ("5.00", "7.50", "12.00")]
     people = []
     for i in range(15):
         email = f"user{i}-{uuid.uuid4().hex[:6]}@example.com"
@@ -272,7 +245,7 @@ def test_redis_restarted_during_logins(
         return str(response.json()["migration"])
 
     with processes() as procs:
-        procs.append(start_worker(tmp_path, own_redis_client, _worker_env(own_redis)))
+        procs.append(start_worker(tmp_path, own_redis_client, redis_env(own_redis)))
         modes = [login(email, guest) for email, _, guest in people[:5]]
         own_redis.stop()
         figures.faults += 1
@@ -318,9 +291,7 @@ def test_a_sync_that_ends_while_redis_is_down_still_reports_its_result(
     res = own_resources
     with SimServer(products=100, seed=6, rate_limit_per_min=0) as sim, \
             httpx.Client(base_url=sim.url, timeout=5.0) as http:
-        client = G2AClient(http, email=sim.config.email, api_hash=sim.config.api_hash,
-                           api_secret=sim.config.api_secret,
-                           rate_limiter=RateLimiter(res.redis, 600_000))
+        client = sim_g2a_client(http, sim, res.redis)
         deps = SyncDeps(sessions=res.sessions, redis=res.redis, cache=res.cache, client=client,
                         markup_percent=Decimal("2"), concurrency=1, batch_size=20)
         down = threading.Event()

@@ -84,7 +84,7 @@ def test_no_5xx_no_trace_nothing_stored_on_rejection(
     make_game(resources.sessions)  # something real to find now and then
     headers: dict[str, str] = {}
     if who == "guest":
-        headers = {"X-Session-Id": "fuzz-guest"}
+        headers = {"X-Session-Id": "fuzz-guest-0123456789abcdef"}
     elif who == "user":
         from fastapi.testclient import TestClient
 

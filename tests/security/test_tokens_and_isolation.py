@@ -18,9 +18,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.accounts import tokens
+from services.cart.owner import new_session_id
 from tests.conftest import TABLES
 from tests.order_helpers import make_game, make_user
 from web.app import create_app
+
+GUEST = "guest-0123456789abcdefghij"  # guest session ids are 22-128 characters
 
 ENDPOINTS = [
     ("GET", "/cart", None),
@@ -93,8 +96,10 @@ def test_every_authenticated_endpoint_refuses_every_bad_token(
            for name, t in _bad_tokens(user_id, secret).items()}
     for method, path, body in ENDPOINTS:
         for name, headers in {**schemes, **bad}.items():
+            if name == "missing" and not path.startswith("/orders"):
+                continue  # no credentials at all on a cart or wishlist: a guest (below)
             # A guest header must not turn a bad token into a guest request.
-            with_guest = {**headers, "X-Session-Id": "guest-1"} if name != "missing" else {}
+            with_guest = {**headers, "X-Session-Id": GUEST} if name != "missing" else {}
             response = _call(client, method, path, body, with_guest, **ids)
             figures.requests += 1
             assert response.status_code == 401, (method, path, name, response.text)
@@ -139,13 +144,14 @@ def test_one_user_cannot_read_or_change_anothers_cart_wishlist_or_orders(
 def test_guest_sessions_are_isolated_from_each_other_and_from_users(resources: Any) -> None:
     client = TestClient(create_app(resources))
     game = make_game(resources.sessions)
-    one, two = {"X-Session-Id": "guest-one"}, {"X-Session-Id": "guest-two"}
+    one, two = {"X-Session-Id": new_session_id()}, {"X-Session-Id": new_session_id()}
     client.put("/cart/items", json={"game_id": str(game), "quantity": 2}, headers=one)
     assert client.get("/cart", headers=two).json()["items"] == []
     client.delete(f"/cart/items/{game}", headers=two)
     assert client.get("/cart", headers=one).json()["items"][0]["quantity"] == 2
     # Glob characters cannot widen a session to others (ids are validated, keys escaped).
-    assert client.get("/cart", headers={"X-Session-Id": "guest-*"}).status_code == 400
+    assert client.get("/cart", headers={"X-Session-Id": "guest-*" + "x" * 20}).status_code \
+        == 422
     # Orders need a user: a guest header alone is not enough.
     assert client.get("/orders", headers=one).status_code == 401
 
@@ -173,3 +179,38 @@ def test_valid_token_of_a_user_that_no_longer_exists(
     if method == "PUT":
         assert response.status_code == 401, response.text
     assert _counts(resources) == before
+
+
+def test_a_guest_cart_cannot_be_guessed_read_or_taken_over(resources: Any,
+                                                           figures: Any) -> None:
+    """Issue 16's reproduction: a guest with id `1` carted 3 units; anyone could read that
+    cart, and logging in with `X-Session-Id: 1` moved it into the attacker's account."""
+    client = TestClient(create_app(resources))
+    game = make_game(resources.sessions)
+    # Short, guessable ids are refused outright, for guests and at login.
+    for short in ("1", "guest", "x" * 21):
+        put = client.put("/cart/items", json={"game_id": str(game), "quantity": 3},
+                         headers={"X-Session-Id": short})
+        assert put.status_code == 422, short
+        assert client.get("/cart", headers={"X-Session-Id": short}).status_code == 422
+        figures.requests += 2
+    # A guest without an id is given an unguessable one.
+    victim = client.put("/cart/items", json={"game_id": str(game), "quantity": 3})
+    sid = victim.headers["X-Session-Id"]
+    assert len(sid) >= 22 and victim.json()["items"][0]["quantity"] == 3
+    # The attacker, signed in, tries the ids a guesser would: nothing moves.
+    client.post("/auth/register", json={"email": "mallory@example.com", "password": "password1"})
+    guesses = [g for g in ("1", "0" * 22, sid[:-1] + ("A" if sid[-1] != "A" else "B"),
+                           sid.lower(), sid.upper()) if g != sid]
+    for guess in guesses:
+        login = client.post("/auth/login", json={"email": "mallory@example.com",
+                                                 "password": "password1"},
+                            headers={"X-Session-Id": guess})
+        assert login.status_code in (200, 422), login.text
+        if login.status_code == 200:
+            assert login.json()["migration"] == "none"
+            token = {"Authorization": f"Bearer {login.json()['token']}"}
+            assert client.get("/cart", headers=token).json()["items"] == []
+        figures.requests += 1
+    assert client.get("/cart", headers={"X-Session-Id": sid}).json() == victim.json()
+

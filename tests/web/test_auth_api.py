@@ -19,6 +19,8 @@ from tests.services.accounts.support import job_outbox_inserts_fail
 from web.app import create_app
 from worker.broker import create_broker
 
+GUEST = "guest-0123456789abcdefghij"  # guest session ids are 22-128 characters
+
 
 @pytest.fixture
 def client(resources: Any) -> TestClient:
@@ -110,7 +112,7 @@ def test_login_queues_migration_and_worker_merges(client: TestClient, session: A
     # T010 with a real worker thread on the real Redis broker.
     user = register(client)
     auth_header = {"Authorization": f"Bearer {user['token']}"}
-    guest = {"X-Session-Id": "guest-abc"}
+    guest = {"X-Session-Id": GUEST}
     shared, only_guest = make_game(session), make_game(session, price="2.50")
     client.put("/cart/items", json={"game_id": str(shared), "quantity": 3}, headers=auth_header)
     client.put("/cart/items", json={"game_id": str(shared), "quantity": 9}, headers=guest)
@@ -118,7 +120,7 @@ def test_login_queues_migration_and_worker_merges(client: TestClient, session: A
     client.put("/wishlist/items", json={"game_id": str(only_guest)}, headers=guest)
     assert client.get("/cart", headers=guest).json()["total"] == "95.00"
     client.get("/wishlist", headers=guest)
-    assert redis_client.exists(keys.session_cart("guest-abc"), keys.session_wishlist("guest-abc"))
+    assert redis_client.exists(keys.session_cart(GUEST), keys.session_wishlist(GUEST))
 
     login = client.post("/auth/login", json={"email": "ana@example.com", "password": "password1"},
                         headers=guest)
@@ -130,8 +132,7 @@ def test_login_queues_migration_and_worker_merges(client: TestClient, session: A
     merged = client.get("/cart", headers={"Authorization": f"Bearer {login.json()['token']}"})
     assert {(i["game_id"], i["quantity"]) for i in merged.json()["items"]} == {
         (str(shared), 10), (str(only_guest), 2)}  # 3 + 9 capped at 10
-    assert not redis_client.exists(keys.session_cart("guest-abc"),
-                                   keys.session_wishlist("guest-abc"))
+    assert not redis_client.exists(keys.session_cart(GUEST), keys.session_wishlist(GUEST))
     assert client.get("/cart", headers=guest).json() == {"items": [], "total": "0.00"}
     assert [i["game_id"] for i in client.get("/wishlist", headers=auth_header).json()["items"]] \
         == [str(only_guest)]
@@ -145,10 +146,10 @@ def test_login_with_broker_down_migrates_inline(settings: Any, session: Any,
         register(client)  # the welcome email stays in the outbox; registration succeeds
         game = make_game(session)
         client.put("/cart/items", json={"game_id": str(game), "quantity": 1},
-                   headers={"X-Session-Id": "guest-down"})
+                   headers={"X-Session-Id": GUEST})
         login = client.post("/auth/login",
                             json={"email": "ana@example.com", "password": "password1"},
-                            headers={"X-Session-Id": "guest-down"})
+                            headers={"X-Session-Id": GUEST})
         assert login.status_code == 200
         assert login.json()["migration"] == "done"
         cart = client.get("/cart", headers={"Authorization": f"Bearer {login.json()['token']}"})
@@ -160,13 +161,94 @@ def test_login_with_broker_down_migrates_inline(settings: Any, session: Any,
                               .where(CartItem.session_id.is_not(None))) == 0
 
 
-def test_login_rejects_malformed_session_id(client: TestClient) -> None:
+@pytest.mark.parametrize("session_id", ["user:*" + "x" * 20, "1", "x" * 21])
+def test_login_rejects_malformed_or_short_session_id(client: TestClient,
+                                                     session_id: str) -> None:
     register(client)
     response = client.post("/auth/login",
                            json={"email": "ana@example.com", "password": "password1"},
-                           headers={"X-Session-Id": "user:*"})
-    assert response.status_code == 400
+                           headers={"X-Session-Id": session_id})
+    assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_session_id"
+
+
+def test_register_strips_surrounding_spaces_before_validating(client: TestClient) -> None:
+    body = register(client, "  spaced@example.com \t")
+    assert body["user"]["email"] == "spaced@example.com"
+    login = client.post("/auth/login", json={"email": " Spaced@example.com ",
+                                             "password": "password1"})
+    assert login.status_code == 200 and login.json()["user"]["id"] == body["user"]["id"]
+    again = client.post("/auth/register", json={"email": "spaced@example.com  ",
+                                                "password": "password1"})
+    assert again.status_code == 409
+    inner = client.post("/auth/register", json={"email": " spa ced@example.com ",
+                                                "password": "password1"})
+    assert inner.status_code == 422  # only the surrounding spaces go
+
+
+def _login(client: TestClient, email: str, password: str = "wrong-password") -> Any:
+    return client.post("/auth/login", json={"email": email, "password": password})
+
+
+def _client(settings: Any, broker: Any, **overrides: Any) -> tuple[TestClient, Resources]:
+    resources = Resources.build(settings.model_copy(update=overrides), broker)
+    return TestClient(create_app(resources)), resources
+
+
+def test_login_rate_limit_per_email_is_429_with_retry_after(settings: Any,
+                                                            broker: Any) -> None:
+    assert settings.login_rate_per_min == 10  # CONTRACT §3's defaults
+    assert settings.login_rate_per_address_per_min == 60
+    client, resources = _client(settings, broker, login_rate_per_min=3)
+    try:
+        register(client)
+        statuses = [_login(client, "ana@example.com").status_code for _ in range(3)]
+        assert statuses == [401] * 3
+        refused = _login(client, "ANA@example.com", "password1")  # even the right password
+        assert refused.status_code == 429
+        assert 1 <= int(refused.headers["Retry-After"]) <= 120
+        assert refused.json()["error"]["code"] == "rate_limited"
+        # Another account is unaffected; an unknown email is limited just the same.
+        assert _login(client, "bob@example.com").status_code == 401
+        unknown = [_login(client, "nobody@example.com").status_code for _ in range(4)]
+        assert unknown == [401] * 3 + [429]
+    finally:
+        resources.close()
+
+
+def test_login_rate_limit_per_client_address(settings: Any, broker: Any) -> None:
+    client, resources = _client(settings, broker, login_rate_per_address_per_min=3)
+    try:
+        emails = [f"user{n}@example.com" for n in range(4)]
+        statuses = [_login(client, email).status_code for email in emails]
+        assert statuses == [401] * 3 + [429]
+        assert _login(client, "user0@example.com").headers["Retry-After"]
+    finally:
+        resources.close()
+
+
+def test_login_rate_limits_hold_with_redis_down(settings: Any, broker: Any,
+                                                dead_redis_url: str) -> None:
+    # Cache and limits on a Redis that is not there; the broker is the real one.
+    client, resources = _client(settings, broker, redis_url=dead_redis_url,
+                                login_rate_per_min=3)
+    try:
+        register(client)
+        statuses = [_login(client, "ana@example.com").status_code for _ in range(4)]
+        assert statuses == [401, 401, 401, 429]  # per process now, never off
+        assert _login(client, "ana@example.com", "password1").status_code == 429
+        assert _login(client, "bob@example.com").status_code == 401
+    finally:
+        resources.close()
+
+
+def test_login_limits_of_zero_are_off(settings: Any, broker: Any) -> None:
+    client, resources = _client(settings, broker, login_rate_per_min=0,
+                                login_rate_per_address_per_min=0)
+    try:
+        assert {_login(client, "ana@example.com").status_code for _ in range(12)} == {401}
+    finally:
+        resources.close()
 
 
 def test_postgres_unreachable_is_503_with_retry_after(settings: Any, broker: Any) -> None:

@@ -8,9 +8,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
-from db.models import Game
+from db.models import CartItem, Game, WishlistItem
 from web.app import create_app
+
+# Guest session ids are 22-128 characters (CONTRACT §5).
+GUEST = "guest-0123456789abcdefghij"
+OTHER_GUEST = "guest-zyxwvutsrqponmlkjih"
 
 
 @pytest.fixture
@@ -36,7 +41,7 @@ def bearer(client: TestClient, email: str) -> dict[str, str]:
 
 def test_guest_cart_roundtrip(client: TestClient, session: Any) -> None:
     game = make_game(session, price="12.50")
-    guest = {"X-Session-Id": "guest-1"}
+    guest = {"X-Session-Id": GUEST}
     assert client.get("/cart", headers=guest).json() == {"items": [], "total": "0.00"}
     put = client.put("/cart/items", json={"game_id": str(game), "quantity": 2}, headers=guest)
     assert put.status_code == 200
@@ -64,12 +69,12 @@ def test_user_wishlist_roundtrip(client: TestClient, session: Any) -> None:
 def test_quantity_out_of_bounds_is_422(client: TestClient, session: Any, quantity: int) -> None:
     game = make_game(session)
     response = client.put("/cart/items", json={"game_id": str(game), "quantity": quantity},
-                          headers={"X-Session-Id": "g"})
+                          headers={"X-Session-Id": GUEST})
     assert response.status_code == 422
 
 
 def test_unknown_game_404_unavailable_409(client: TestClient, session: Any) -> None:
-    guest = {"X-Session-Id": "g"}
+    guest = {"X-Session-Id": GUEST}
     unknown = client.put("/cart/items", json={"game_id": str(uuid.uuid4()), "quantity": 1},
                          headers=guest)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "game_not_found"
@@ -83,15 +88,60 @@ def test_unknown_game_404_unavailable_409(client: TestClient, session: Any) -> N
                       headers=guest).status_code == 409
 
 
-def test_owner_required_and_session_id_validated(client: TestClient) -> None:
-    missing = client.get("/cart")
-    assert missing.status_code == 401 and missing.json()["error"]["code"] == "owner_required"
-    for bad in ("has space", "glob*", "x" * 129):
-        response = client.get("/wishlist", headers={"X-Session-Id": bad})
-        assert response.status_code == 400, bad
+def test_anonymous_reads_are_empty_and_session_ids_validated(client: TestClient,
+                                                              redis_client: Any) -> None:
+    assert client.get("/cart").json() == {"items": [], "total": "0.00"}
+    assert client.get("/wishlist").json() == {"items": []}
+    assert redis_client.dbsize() == 0  # nothing cached for nobody
+    for bad in ("1", "x" * 21, "has space" + "x" * 20, "glob*" + "x" * 20, "x" * 129):
+        for method, path in (("GET", "/wishlist"), ("PUT", "/cart/items")):
+            response = client.request(method, path, headers={"X-Session-Id": bad},
+                                      json={"game_id": str(uuid.uuid4()), "quantity": 1})
+            assert response.status_code == 422, (bad, method)
+            assert response.json()["error"]["code"] == "invalid_session_id"
+    for good in ("x" * 22, "A.b_c-" * 21 + "xx"):  # 22 and 128 characters
+        assert client.get("/cart", headers={"X-Session-Id": good}).status_code == 200
     # A bad token is an error, never a silent fallback to the guest session.
     assert client.get("/cart", headers={"Authorization": "Bearer nope",
-                                        "X-Session-Id": "g"}).status_code == 401
+                                        "X-Session-Id": GUEST}).status_code == 401
+
+
+@pytest.mark.parametrize("store", ["cart", "wishlist"])
+def test_anonymous_write_gets_a_fresh_unguessable_session(client: TestClient, session: Any,
+                                                          store: str) -> None:
+    game = make_game(session)
+    body: dict[str, Any] = {"game_id": str(game)} | ({"quantity": 2} if store == "cart" else {})
+    first = client.put(f"/{store}/items", json=body)
+    second = client.put(f"/{store}/items", json=body)
+    assert first.status_code == second.status_code == 200
+    sids = [first.headers["X-Session-Id"], second.headers["X-Session-Id"]]
+    assert sids[0] != sids[1]  # each anonymous writer is its own guest
+    for sid in sids:
+        assert len(sid) >= 22  # 128 random bits in URL-safe base64
+        assert client.get(f"/{store}", headers={"X-Session-Id": sid}).json() == first.json()
+    model = CartItem if store == "cart" else WishlistItem
+    with session.begin():
+        owners = session.scalars(select(model.session_id)).all()
+    assert sorted(owners) == sorted(sids)
+    assert client.get(f"/{store}").json()["items"] == []  # and nobody else sees them
+    # A request that names its session, or a user, is not given another one.
+    assert "X-Session-Id" not in client.put(f"/{store}/items", json=body,
+                                            headers={"X-Session-Id": sids[0]}).headers
+    user = bearer(client, "anon@example.com")
+    assert "X-Session-Id" not in client.put(f"/{store}/items", json=body, headers=user).headers
+    # An anonymous delete is a write too: a new, empty guest session.
+    deleted = client.delete(f"/{store}/items/{game}")
+    assert deleted.status_code == 200 and deleted.json()["items"] == []
+    assert len(deleted.headers["X-Session-Id"]) >= 22
+
+
+def test_anonymous_write_refused_stores_nothing_and_sends_no_session(client: TestClient,
+                                                                     session: Any) -> None:
+    response = client.put("/cart/items", json={"game_id": str(uuid.uuid4()), "quantity": 1})
+    assert response.status_code == 404
+    assert "X-Session-Id" not in response.headers
+    with session.begin():
+        assert session.scalar(select(func.count()).select_from(CartItem)) == 0
 
 
 def test_users_cannot_touch_each_others_carts(client: TestClient, session: Any) -> None:
@@ -100,7 +150,7 @@ def test_users_cannot_touch_each_others_carts(client: TestClient, session: Any) 
     client.put("/cart/items", json={"game_id": str(game), "quantity": 2}, headers=bob)
     client.put("/wishlist/items", json={"game_id": str(game)}, headers=bob)
     # Alice sees and edits only her own, whatever else she sends.
-    assert client.get("/cart", headers={**alice, "X-Session-Id": "g"}).json()["items"] == []
+    assert client.get("/cart", headers={**alice, "X-Session-Id": GUEST}).json()["items"] == []
     client.delete(f"/cart/items/{game}", headers=alice)
     client.delete(f"/wishlist/items/{game}", headers=alice)
     assert client.get("/cart", headers=bob).json()["items"][0]["quantity"] == 2
@@ -111,6 +161,6 @@ def test_signed_in_user_ignores_session_header(client: TestClient, session: Any)
     game = make_game(session)
     user = bearer(client, "u@example.com")
     client.put("/cart/items", json={"game_id": str(game), "quantity": 1},
-               headers={**user, "X-Session-Id": "g"})
-    assert client.get("/cart", headers={"X-Session-Id": "g"}).json()["items"] == []
+               headers={**user, "X-Session-Id": GUEST})
+    assert client.get("/cart", headers={"X-Session-Id": GUEST}).json()["items"] == []
     assert len(client.get("/cart", headers=user).json()["items"]) == 1

@@ -11,9 +11,19 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
-from db.models import CartItem, G2APurchase, G2APurchaseStatus, OrderItem, OrderStatus
+from db.models import (
+    CartItem,
+    G2APurchase,
+    G2APurchaseStatus,
+    Game,
+    Order,
+    OrderItem,
+    OrderStatus,
+    Transaction,
+    TransactionType,
+)
 from services.accounts import tokens
 from services.cache import keys as cache_keys
 from services.orders import status as order_status
@@ -40,7 +50,9 @@ def test_create_from_items_returns_the_order(resources: Any, client: TestClient)
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["status"] == "PENDING" and body["total"] == "25.00"
-    assert body["items"] == [{"game_id": str(game), "quantity": 2, "unit_price": "12.50"}]
+    assert body["items"] == [
+        {"game_id": str(game), "quantity": 2, "unit_price": "12.50", "delivered": 0}]
+    assert body["refunded"] == "0.00"
     assert "keys" not in body and "created_at" in body
     assert balance(resources.sessions, user_id) == Decimal("5.00")
     got = client.get(f"/orders/{body['id']}", headers=_auth(resources, user_id))
@@ -125,3 +137,104 @@ def test_keys_are_shown_decrypted_only_when_completed(resources: Any, client: Te
     assert "AAAAA-11111" not in serialized and "BBBBB-22222" not in serialized
     assert client.get("/orders", headers=auth).json()["items"][0]["keys"] == [
         "AAAAA-11111", "BBBBB-22222"]
+
+
+# --- issue 16: check before buying (CONTRACT §5) ------------------------------------------
+
+
+def _written(resources: Any) -> tuple[int, int]:
+    """Orders and transactions other than top-ups: both unchanged by a refused order."""
+    with resources.sessions() as s:
+        return (int(s.scalar(select(func.count()).select_from(Order)) or 0),
+                int(s.scalar(select(func.count()).select_from(Transaction)
+                             .where(Transaction.type != TransactionType.TOP_UP)) or 0))
+
+
+def test_more_than_g2a_lists_is_409_insufficient_stock(resources: Any, client: TestClient
+                                                       ) -> None:
+    """Issue 16 reproduction 1: G2A lists 7, the customer orders 10. Formerly 7 keys were
+    bought at G2A and the whole order refunded; now nothing is written."""
+    user_id = make_user(resources.sessions, "200.00")
+    game = make_game(resources.sessions, price="2.04", g2a_qty=7)
+    auth = _auth(resources, user_id)
+    r = client.post("/orders", json={"items": [{"game_id": str(game), "quantity": 10}]},
+                    headers=auth)
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert error["code"] == "insufficient_stock" and "7 available" in error["message"]
+    assert (error["game_id"], error["requested"], error["available"]) == (str(game), "10", "7")
+    assert _written(resources) == (0, 0)
+    assert balance(resources.sessions, user_id) == Decimal("200.00")
+    # the cart path is checked the same way
+    with resources.sessions() as s, s.begin():
+        s.add(CartItem(user_id=user_id, game_id=game, quantity=8))
+    r = client.post("/orders", headers=auth)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "insufficient_stock"
+    assert _written(resources) == (0, 0)
+    r = client.post("/orders", json={"items": [{"game_id": str(game), "quantity": 7}]},
+                    headers=auth)
+    assert r.status_code == 201 and r.json()["total"] == "14.28"
+
+
+def test_duplicate_lines_are_merged_and_capped_at_10(resources: Any, client: TestClient) -> None:
+    """Issue 16 reproduction 3: 100 lines of the same game x 100 each was a 201 for 10,000
+    units. Lines are added up per game, and the sum is capped like a cart line (1..10)."""
+    user_id = make_user(resources.sessions, "1000.00")
+    game = make_game(resources.sessions, price="1.00", g2a_qty=500)
+    auth = _auth(resources, user_id)
+    r = client.post("/orders", json={"items": [{"game_id": str(game), "quantity": 100}] * 100},
+                    headers=auth)
+    assert r.status_code == 422  # a line above 10 is refused before anything is added up
+    r = client.post("/orders", json={"items": [{"game_id": str(game), "quantity": 10}] * 100},
+                    headers=auth)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_quantity"
+    assert "at most 10 units per game" in r.json()["error"]["message"]
+    r = client.post("/orders", json={"items": [{"game_id": str(game), "quantity": 6},
+                                               {"game_id": str(game), "quantity": 5}]},
+                    headers=auth)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_quantity"
+    assert _written(resources) == (0, 0)
+    r = client.post("/orders", json={"items": [{"game_id": str(game), "quantity": q}
+                                               for q in (2, 3, 1)]}, headers=auth)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert [(i["quantity"], i["unit_price"]) for i in body["items"]] == [(6, "1.00")]
+    assert body["total"] == "6.00"
+    assert balance(resources.sessions, user_id) == Decimal("994.00")
+
+
+def test_expected_total_pins_the_price(resources: Any, client: TestClient) -> None:
+    user_id = make_user(resources.sessions, "100.00")
+    a = make_game(resources.sessions, price="10.00")
+    b = make_game(resources.sessions, price="2.50")
+    auth = _auth(resources, user_id)
+    with resources.sessions() as s, s.begin():
+        s.add_all([CartItem(user_id=user_id, game_id=a, quantity=2),
+                   CartItem(user_id=user_id, game_id=b, quantity=1)])
+    # the customer saw 22.50; a sync has since moved a's price
+    with resources.sessions() as s, s.begin():
+        s.execute(update(Game).where(Game.id == a).values(price=Decimal("10.40")))
+    r = client.post("/orders", json={"expected_total": "22.50"}, headers=auth)
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert error["code"] == "price_changed" and error["current_total"] == "23.30"
+    assert error["expected_total"] == "22.50" and "23.30" in error["message"]
+    assert _written(resources) == (0, 0)
+    assert balance(resources.sessions, user_id) == Decimal("100.00")
+    assert client.get("/cart", headers=auth).json()["total"] == "23.30"  # the cart is kept
+    for bad in ("1.234", "-1", "abc"):
+        r = client.post("/orders", json={"expected_total": bad}, headers=auth)
+        assert r.status_code == 422, bad
+    # a JSON number works as well as a string
+    r = client.post("/orders", json={"expected_total": 23.3}, headers=auth)
+    assert r.status_code == 201, r.text
+    assert r.json()["total"] == "23.30"
+    assert balance(resources.sessions, user_id) == Decimal("76.70")
+    # with explicit items, and the price pin checked before the balance
+    r = client.post("/orders", json={"items": [{"game_id": str(a), "quantity": 10}],
+                                     "expected_total": "100.00"}, headers=auth)
+    assert r.status_code == 409 and r.json()["error"]["current_total"] == "104.00"
+    r = client.post("/orders", json={"items": [{"game_id": str(a), "quantity": 10}],
+                                     "expected_total": "104.00"}, headers=auth)
+    assert r.status_code == 402

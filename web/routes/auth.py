@@ -1,4 +1,9 @@
-"""Endpoints: auth (CONTRACT §5): register and login."""
+"""Endpoints: auth (CONTRACT §5): register and login.
+
+Login is rate limited per client address and per email (429 with `Retry-After`), and both
+routes hash passwords in the process's bounded hashing slots (503 with `Retry-After` when
+none frees up within a short wait): see `services.accounts.passwords` and `.rate_limit`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from fastapi import APIRouter
 
 from services.accounts import auth
 from services.accounts.schemas import AuthView, Credentials, LoginView, RegisterIn, UserView
-from web.deps import GuestSessionIdDep, ResourcesDep
+from web.deps import ClientAddressDep, GuestSessionIdDep, LoginLimitsDep, ResourcesDep
 from web.errors import error_responses
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -16,7 +21,7 @@ router = APIRouter(prefix="/auth", tags=["auth"])
     "/register",
     status_code=201,
     response_model=AuthView,
-    responses=error_responses(409),
+    responses=error_responses(409, 503),
 )
 def register(body: RegisterIn, resources: ResourcesDep) -> AuthView:
     result = auth.register(
@@ -30,8 +35,14 @@ def register(body: RegisterIn, resources: ResourcesDep) -> AuthView:
     return AuthView(user=UserView.model_validate(result.user), token=result.token)
 
 
-@router.post("/login", response_model=LoginView, responses=error_responses(401))
-def login(body: Credentials, resources: ResourcesDep, session_id: GuestSessionIdDep) -> LoginView:
+@router.post("/login", response_model=LoginView, responses=error_responses(401, 429, 503))
+def login(
+    body: Credentials,
+    resources: ResourcesDep,
+    session_id: GuestSessionIdDep,
+    limits: LoginLimitsDep,
+    address: ClientAddressDep,
+) -> LoginView:
     result = auth.login(
         resources.sessions,
         resources.cache,
@@ -40,6 +51,8 @@ def login(body: Credentials, resources: ResourcesDep, session_id: GuestSessionId
         email=body.email,
         password=body.password,
         session_id=session_id,
+        limits=limits,
+        client_address=address,
     )
     return LoginView(
         user=UserView.model_validate(result.user), token=result.token, migration=result.migration

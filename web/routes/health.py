@@ -41,7 +41,9 @@ class Readiness(BaseModel):
 
 
 @router.get("/healthz", response_model=Liveness)
-def healthz() -> Liveness:
+async def healthz() -> Liveness:
+    # On the event loop, not the thread pool: "up" means the process answers, even while
+    # every pool thread is busy (a login burst waiting for hashing slots).
     return Liveness(status="ok")
 
 

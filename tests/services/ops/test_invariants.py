@@ -75,8 +75,9 @@ def test_failed_order_without_refund_and_completed_refunded_are_found(engine, se
         )
     report = check(session)
     assert report.violations["failed_or_cancelled_orders_refunded_once"]
-    assert report.violations["completed_orders_not_refunded"]
-    assert report.violations["completed_orders_have_one_key_per_unit"] == []  # no items planted
+    # no items planted, nothing undelivered: a refund of 10 is 10 too many
+    assert [v["id"] for v in report.violations["completed_orders_delivered_or_refunded"]] == [
+        done]
 
 
 def test_unsettled_webhook_and_payment_mismatch_are_found(engine, session) -> None:
@@ -145,3 +146,51 @@ def test_paid_unit_of_a_final_order_without_key_or_alert_is_found(engine, sessio
     report = check(session)
     assert [v["order_id"] for v in report.violations["paid_keys_fetched_or_alerted"]] == [waiting]
     assert report.g2a_paid["awaiting_key"] == 2 and report.g2a_paid["key_lost"] == 1
+
+
+def _refund(engine, uid: str, order_id: str, amount: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO transactions (id, user_id, order_id, type, amount, status) VALUES "
+            "(gen_random_uuid(), :u, :o, 'REFUND', :a, 'COMPLETED')"),
+            {"u": uid, "o": order_id, "a": amount})
+
+
+def _item_without_unit(engine, order_id: str) -> None:
+    with engine.begin() as conn:
+        game = conn.execute(text(
+            "INSERT INTO games (id, g2a_product_id, slug, name, price, g2a_price) VALUES "
+            "(gen_random_uuid(), gen_random_uuid()::text, gen_random_uuid()::text, 'G', 10, 10)"
+            " RETURNING id")).scalar()
+        conn.execute(text(
+            "INSERT INTO order_items (order_id, game_id, quantity, unit_price) "
+            "VALUES (:o, :g, 1, 10)"), {"o": order_id, "g": game})
+
+
+def test_partial_delivery_refund_must_equal_the_undelivered_units(engine, session) -> None:
+    """A COMPLETED order with one of two keys: its one REFUND is the missing unit's price,
+    no more, no less; with no key at all it should have been FAILED."""
+    uid = _user(engine)
+    right = _order(engine, uid, "COMPLETED", total="20")
+    _unit(engine, right, "DELIVERED", transaction_id="tx-1")
+    _item_without_unit(engine, right)
+    _refund(engine, uid, right, "10")
+    short = _order(engine, uid, "COMPLETED", total="20")
+    _unit(engine, short, "DELIVERED", transaction_id="tx-2")
+    _item_without_unit(engine, short)
+    _refund(engine, uid, short, "5")
+    missing = _order(engine, uid, "COMPLETED", total="20")  # a key short, nothing refunded
+    _unit(engine, missing, "DELIVERED", transaction_id="tx-3")
+    _item_without_unit(engine, missing)
+    nothing = _order(engine, uid, "COMPLETED", total="10")  # no key at all, fully refunded
+    _item_without_unit(engine, nothing)
+    _refund(engine, uid, nothing, "10")
+    live = _order(engine, uid, "PROCESSING")
+    _refund(engine, uid, live, "10")
+    report = check(session)
+    found = {v["id"] for v in report.violations["completed_orders_delivered_or_refunded"]}
+    assert found == {short, missing, nothing}
+    assert [v["order_id"] for v in report.violations["refunds_only_on_final_orders"]] == [live]
+    assert report.violations["refund_equals_purchase"] == []  # only FAILED/CANCELLED
+    assert report.refunds["partial_deliveries"] == "3"  # right, short, nothing
+    assert report.g2a_paid["delivered"] == 3

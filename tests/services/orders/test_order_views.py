@@ -40,7 +40,8 @@ def _wire(value: object) -> bytes:
 
 
 def _legacy_view(resources: Resources, order_id: uuid.UUID, *, keys: bool) -> dict[str, object]:
-    """The order as the services built it by hand before the schemas."""
+    """The order as the services built it by hand before the schemas, plus issue 16's
+    `refunded` (after `total`) and each line's `delivered` (last)."""
     with resources.sessions() as s:
         order = s.get(Order, order_id)
         assert order is not None
@@ -49,9 +50,11 @@ def _legacy_view(resources: Resources, order_id: uuid.UUID, *, keys: bool) -> di
             "user_id": str(order.user_id),
             "status": order.status.value,
             "total": str(order.total),
+            "refunded": "0.00",
             "items": [
                 {"game_id": str(i.game_id), "quantity": i.quantity,
-                 "unit_price": str(i.unit_price)}
+                 "unit_price": str(i.unit_price),
+                 "delivered": i.quantity if order.status is OrderStatus.COMPLETED else 0}
                 for i in s.scalars(select(OrderItem).where(OrderItem.order_id == order_id)
                                    .order_by(OrderItem.id))
             ],
