@@ -34,6 +34,14 @@ def _redact(_: Any, __: str, event: EventDict) -> EventDict:
     return event
 
 
+# One list object for the life of the process, refilled by every `configure_logging`:
+# loggers cached on first use keep a reference to the list they were built with, so a
+# second configuration (the CLI's, a test's) must change that list, not replace it, or
+# those loggers would keep the old processors (and structlog's `capture_logs`, which edits
+# the configured list in place, would not see them).
+_PROCESSORS: list[structlog.types.Processor] = []
+
+
 def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -51,8 +59,9 @@ def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
             exception_formatter=structlog.dev.plain_traceback,
         )
     )
+    _PROCESSORS[:] = [*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=_PROCESSORS,
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
