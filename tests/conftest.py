@@ -23,6 +23,8 @@ import pytest
 import redis as redis_lib
 from sqlalchemy.engine import make_url
 
+from tests.helpers import stop_worker
+
 # Figures of the fault, fuzz and security scenarios, summarised at the end of the run.
 pytest_plugins = ["tests.figures"]
 
@@ -220,7 +222,9 @@ def worker_thread(broker: Any) -> Iterator[Any]:
     w = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
     w.start()
     yield w
-    w.stop()
+    # Detached from the broker too: a stopped worker's consumers would otherwise take the
+    # next test's messages and run them on resources that are already closed.
+    stop_worker(broker, w)
 
 
 @pytest.fixture
@@ -248,7 +252,7 @@ def g2a_worker(broker: Any, settings: Any, sim: Any) -> Iterator[Any]:
     try:
         yield w
     finally:
-        w.stop()
+        stop_worker(broker, w)
         if middleware.resources is not None:
             middleware.resources.close()
         middleware.resources = previous
