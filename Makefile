@@ -20,7 +20,7 @@ run: $(STAMP)
 ## The test suite against real Postgres and Redis (TEST_DATABASE_URL/TEST_REDIS_URL, or
 ## throwaway servers started by the suite itself).
 test: $(STAMP)
-	$(BIN)/pytest -q -n 2 $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@for script in bench/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
