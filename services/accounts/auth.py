@@ -85,7 +85,7 @@ GUEST_MIGRATIONS_STARTED = Counter(
 __all__ = [
     "PASSWORD_HASHER", "AuthResult", "EmailTaken", "InvalidAmount", "InvalidCredentials",
     "LoginRateLimited", "PasswordHashBusy", "UserNotFound", "authenticate", "create_user",
-    "login", "parse_amount", "register", "top_up", "user_view",
+    "lock_user", "login", "parse_amount", "register", "top_up", "user_view",
 ]
 
 
@@ -108,6 +108,17 @@ def email_matches(email: str) -> ColumnElement[bool]:
 
 def find_user(session: Session, email: str) -> User | None:
     return session.execute(select(User).where(email_matches(email))).scalar_one_or_none()
+
+
+def lock_user(session: Session, email: str) -> User:
+    """The user with `email`, row-locked until the caller's transaction ends; UserNotFound
+    otherwise (for changes to one account: top-ups, admin grants)."""
+    user = session.execute(
+        select(User).where(email_matches(email)).with_for_update()
+    ).scalar_one_or_none()
+    if user is None:
+        raise UserNotFound(f"no user with email {normalise_email(email)!r}")
+    return user
 
 
 def issue_token(settings: Settings, user_id: uuid.UUID) -> str:
@@ -324,11 +335,7 @@ def top_up(
     """Credit `amount` with a TOP_UP transaction, both in one database transaction."""
     credit = parse_amount(amount)
     with sessions() as session, session.begin():
-        user = session.execute(
-            select(User).where(email_matches(email)).with_for_update()
-        ).scalar_one_or_none()
-        if user is None:
-            raise UserNotFound(f"no user with email {normalise_email(email)!r}")
+        user = lock_user(session, email)
         if user.balance + credit > MAX_BALANCE:
             raise InvalidAmount(f"balance would exceed {MAX_BALANCE}")
         _credit(session, user, credit)

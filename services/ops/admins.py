@@ -3,13 +3,9 @@ row (`keysync user create --admin`, `keysync user admin EMAIL [--revoke]`)."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import User
-from services.accounts.auth import email_matches
-from services.accounts.errors import UserNotFound
-from services.accounts.validation import normalise_email
+from services.accounts.auth import lock_user
 from services.ops import audit
 from services.ops.schemas import AdminView
 
@@ -20,11 +16,7 @@ def set_admin(sessions: sessionmaker[Session], *, email: str, admin: bool,
     even when nothing changes, since it records what the operator asked for."""
     actor = audit.check_actor(actor)
     with sessions() as session, session.begin():
-        user = session.execute(
-            select(User).where(email_matches(email)).with_for_update()
-        ).scalar_one_or_none()
-        if user is None:
-            raise UserNotFound(f"no user with email {normalise_email(email)!r}")
+        user = lock_user(session, email)
         changed = user.is_admin != admin
         user.is_admin = admin
         row = audit.record(session, actor=actor,

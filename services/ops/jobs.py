@@ -7,7 +7,7 @@ the record (`audit`), written after Redis answered, with what was really moved.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 from sqlalchemy.orm import Session, sessionmaker
@@ -69,14 +69,8 @@ def retry(sessions: sessionmaker[Session], broker_redis: redis.Redis, *, actor: 
           ids: Sequence[str] = (), all_: bool = False,
           actor_filter: str | None = None) -> RetryResult:
     """Re-enqueue dead letters (each leaves the dead set exactly once); audited."""
-    actor = audit.check_actor(actor)
-    wanted = _selection(ids, all_)
-    repair = DeadLetters(broker_redis).retry(wanted, actor=actor_filter or None)
-    if repair.not_found:
-        raise UnknownIds("dead letters" + (f" of {actor_filter}" if actor_filter else ""),
-                         repair.not_found)
-    _audited(sessions, repair, actor=actor, action="jobs.retry", ids=wanted,
-             actor_filter=actor_filter)
+    repair = _repair(sessions, DeadLetters(broker_redis).retry, "jobs.retry", actor=actor,
+                     ids=ids, all_=all_, actor_filter=actor_filter)
     return RetryResult(retried=repair.count)
 
 
@@ -84,12 +78,22 @@ def discard(sessions: sessionmaker[Session], broker_redis: redis.Redis, *, actor
             ids: Sequence[str] = (), all_: bool = False,
             actor_filter: str | None = None) -> DiscardResult:
     """Delete dead letters for good; audited."""
+    repair = _repair(sessions, DeadLetters(broker_redis).discard, "jobs.discard", actor=actor,
+                     ids=ids, all_=all_, actor_filter=actor_filter)
+    return DiscardResult(discarded=repair.count)
+
+
+def _repair(sessions: sessionmaker[Session],
+            operation: Callable[..., Repair], action: str, *, actor: str,
+            ids: Sequence[str], all_: bool, actor_filter: str | None) -> Repair:
+    """Check the operator, apply `operation` to the selected dead letters, then audit it;
+    ids that are not dead letters refuse the whole call before anything is audited."""
     actor = audit.check_actor(actor)
     wanted = _selection(ids, all_)
-    repair = DeadLetters(broker_redis).discard(wanted, actor=actor_filter or None)
+    repair = operation(wanted, actor=actor_filter or None)
     if repair.not_found:
         raise UnknownIds("dead letters" + (f" of {actor_filter}" if actor_filter else ""),
                          repair.not_found)
-    _audited(sessions, repair, actor=actor, action="jobs.discard", ids=wanted,
+    _audited(sessions, repair, actor=actor, action=action, ids=wanted,
              actor_filter=actor_filter)
-    return DiscardResult(discarded=repair.count)
+    return repair

@@ -127,26 +127,18 @@ class G2ASteps:
                 currency=created.currency, max_price=str(unit.max_price),
             )
             G2A_BAD_ORDER_ANSWERS.inc()
-            session.add(
-                G2APurchase(
-                    order_item_id=unit.item_id,
-                    unit_index=unit.unit_index,
-                    g2a_order_id=created.order_id,
-                    status=G2APurchaseStatus.FAILED,
-                    price=created.price,
-                    last_error=f"not paid: {bad}",
-                )
-            )
-            raise StepFailed(f"g2a create_order answer: {bad}")
         session.add(
             G2APurchase(
                 order_item_id=unit.item_id,
                 unit_index=unit.unit_index,
                 g2a_order_id=created.order_id,
-                status=G2APurchaseStatus.CREATED,
+                status=G2APurchaseStatus.FAILED if bad else G2APurchaseStatus.CREATED,
                 price=created.price,
+                last_error=f"not paid: {bad}" if bad else None,
             )
         )
+        if bad:
+            raise StepFailed(f"g2a create_order answer: {bad}")
         session.flush()
         # A G2A webhook may have beaten this commit; apply it now that the order is known.
         webhooks.enqueue_orphans(session, self.broker, g2a_order_id=created.order_id)
