@@ -53,7 +53,10 @@ class LiveServer:
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off"))
+            app, log_level="warning", access_log=False, lifespan="off",
+            # Longer than any pause in a test: uvicorn closing an idle keep-alive
+            # connection just as the client reuses it reads as "Server disconnected".
+            timeout_keep_alive=120))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        daemon=True)
 

@@ -35,7 +35,9 @@ class ResourcesMiddleware(MessageHooks):
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._ensure(broker)
 
-    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # After, not before: dramatiq emits `before_worker_shutdown` while its threads are
+        # still finishing their messages, which would then find their clients closed.
         if self.resources is not None:
             self.resources.close()
             self.resources = None

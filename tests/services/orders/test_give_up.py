@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import redis
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from db.models import G2APurchase, G2APurchaseStatus, OrderStatus
+from db.models import G2APurchase, G2APurchaseStatus, Order, OrderStatus
 from g2a_sim.server import SimServer
 from keysync.resources import Resources
 from services.orders.chains import FulfilmentChains, message_token, resume_delay_ms
@@ -64,6 +64,14 @@ def _poll(resources: Resources, sim: SimServer, *, give_up: GiveUp | None = None
     return poll_order_status(resources.sessions, sim_client(sim), resources.broker,
                              chains=FulfilmentChains(resources.redis), give_up=give_up,
                              min_age_s=0)
+
+
+def _age_s(resources: Resources, order_id: uuid.UUID) -> float:
+    """The order's age by Postgres's clock, the one the give-up decision reads."""
+    with resources.sessions() as session:
+        return float(session.scalar(
+            select(func.extract("epoch", func.now() - Order.created_at))
+            .where(Order.id == order_id)) or 0)
 
 
 def _outage(sim: SimServer, **fault: Any) -> None:
@@ -152,6 +160,8 @@ def test_give_up_still_fetches_the_key_of_a_paid_unit(
     wait_until(lambda: sim_stats(sim)["faults_injected"] >= 2, what="the key call failing")
     (unit,) = order_units(resources, order_id)
     assert unit.status is G2APurchaseStatus.PAID
+    # The key failures can come within the give-up time of placing the order.
+    wait_until(lambda: _age_s(resources, order_id) > 0.5, what="the order older than 0.5 s")
 
     with structlog.testing.capture_logs() as logs:
         result = _poll(resources, sim, give_up=GiveUp(0.5, resources.cache))
