@@ -53,6 +53,14 @@ class Unauthorized(DomainError):
     message = "Authentication required."
 
 
+class Forbidden(DomainError):
+    """The caller is known but may not do this (a signed-in user who is not an admin, on
+    the operations console)."""
+
+    code = "forbidden"
+    message = "You may not do this."
+
+
 class TryLater(DomainError):
     """A refusal that lifts by itself (a rate limit, a busy resource): `retry_after_s` says
     when to try again (the web layer sends it as `Retry-After`)."""

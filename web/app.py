@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from keysync.resources import Resources
 from keysync.settings import get_settings
+from web import admin
 from web.errors import error_responses, install_error_handlers
 from web.routes import auth, cart, games, health, metrics, orders, webhooks
 
@@ -44,4 +45,5 @@ def create_app(resources: Resources | None = None) -> FastAPI:
     # (503 + Retry-After); routes declare their own refusals on top.
     for module in (auth, cart, games, orders, webhooks):
         app.include_router(module.router, responses=error_responses(400, 422, 503))
+    app.include_router(admin.router)
     return app

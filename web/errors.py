@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.accounts import errors as accounts
 from services.cart import errors as cart
-from services.errors import DomainError, InvalidInput, TryLater, Unauthorized
+from services.errors import DomainError, Forbidden, InvalidInput, TryLater, Unauthorized
 from services.games import errors as games
 from services.orders import errors as orders
 from services.webhooks import errors as webhooks
@@ -35,6 +35,7 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     DomainError: 400,
     InvalidInput: 422,
     Unauthorized: 401,
+    Forbidden: 403,
     TryLater: 503,  # with Retry-After (see the handler)
     # accounts
     accounts.EmailTaken: 409,
