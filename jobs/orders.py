@@ -9,8 +9,9 @@ import dramatiq
 from jobs._broker import broker
 from services.orders.chains import FulfilmentChains, message_token
 from services.orders.fulfilment import Fulfiller
-from services.orders.polling import GiveUp
+from services.orders.give_up import GiveUp
 from services.orders.polling import poll_order_status as poll_service
+from services.webhooks.service import enqueue_orphans
 from worker.context import current_job
 from worker.enqueue import Actor
 from worker.schedule import Every
@@ -38,6 +39,7 @@ def fulfil_order(order_id: str, chain: str | None = None) -> None:
         cache=resources.cache,
         broker=resources.broker,
         key_encryption_key=resources.settings.key_encryption_key.get_secret_value(),
+        g2a_order_stored=enqueue_orphans,
     )
     resume = FulfilmentChains(resources.redis).run(
         uuid.UUID(order_id), chain or message_token(job.message.message_id),

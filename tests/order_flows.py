@@ -16,6 +16,7 @@ from services.ops import invariants
 from services.orders import service as orders
 from services.orders import status as order_status
 from services.orders.fulfilment import Fulfiller
+from services.webhooks.service import enqueue_orphans
 from tests.order_helpers import make_user, sim_client, sim_stats
 
 
@@ -41,6 +42,7 @@ def fulfiller(resources: Resources, sim: SimServer) -> Fulfiller:
         sessions=resources.sessions, g2a=sim_client(sim), cache=resources.cache,
         broker=resources.broker,
         key_encryption_key=resources.settings.key_encryption_key.get_secret_value(),
+        g2a_order_stored=enqueue_orphans,
     )
 
 

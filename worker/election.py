@@ -1,13 +1,10 @@
 """Leader election and exactly-once firing for the scheduler processes (`keysync scheduler`).
 
-Only the holder of `lock:scheduler:leader` fires. Firing a tick is one Lua call that,
-atomically in Redis,
-  1. checks the caller's token still holds the leader lock,
-  2. checks the caller's clock agrees with Redis's `TIME` (within `MAX_CLOCK_SKEW_S`),
-  3. refuses a tick further in the future than one period of its job (by Redis's `TIME`),
-  4. refuses a tick whose following tick was already fired (coalescing across leaders), and
-  5. takes the per-tick dedupe key `SET sched:{job}:{tick} NX EX`;
-only then is the message enqueued. Hence:
+Only the holder of `lock:scheduler:leader` fires. Firing a tick is one atomic claim in
+Redis (`worker.tick_claim`: the caller still holds the lock, its clock agrees with Redis's
+`TIME` within `MAX_CLOCK_SKEW_S`, the tick is not more than one period ahead, neither it nor
+the following tick was fired; then the per-tick dedupe key is taken); only then is the
+message enqueued. Hence:
   * a leader whose lock expired (a long pause, a partition) cannot fire, whatever it
     believes locally: losing the lock stops firing at once;
   * two firings of one tick (the leader's cron thread and its catch-up sweep, or an old
@@ -17,13 +14,14 @@ only then is the message enqueued. Hence:
 
 Clock jumps. Deduplication is by tick identity only, never by a "highest tick fired" mark:
 a mark can only go up, so one tick fired by a clock that had jumped a day ahead used to
-silence the job for that day on every leader. Now such a tick is never fired at all (2 and
-3 above, both judged by Redis's clock, the one clock every scheduler shares), and a tick
-key only ever names its own tick. On top of that, every election round compares the
-process's clock with Redis's `TIME`: a process that disagrees by more than
-`MAX_CLOCK_SKEW_S` steps down (or does not take over) with `alert=scheduler_clock_skew`,
-and leads again once its clock agrees. What this process remembers having fired is dropped
-when it lies ahead of its clock (the clock came back), so it never silences a real tick.
+silence the job for that day on every leader. Now such a tick is never fired at all (the
+claim's two clock checks, both judged by Redis's clock, the one clock every scheduler
+shares), and a tick key only ever names its own tick. On top of that, every election
+round compares the process's clock with Redis's `TIME`: a process that disagrees by more
+than `MAX_CLOCK_SKEW_S` steps down (or does not take over) with
+`alert=scheduler_clock_skew`, and leads again once its clock agrees. What this process
+remembers having fired is dropped when it lies ahead of its clock (the clock came back), so
+it never silences a real tick.
 
 Missed ticks coalesce: only the most recent due tick fires. Every scheduled job brings
 state up to date (sync, poll, sweep, relay), so an older missed tick adds nothing.
@@ -35,21 +33,23 @@ covers it; we prefer that to the opposite order, which could enqueue twice. Acto
 idempotent anyway, so a rare duplicate would be harmless, but the scheduler never adds one.
 The message is built here rather than sent through `worker.enqueue`: it carries the tick
 in its options, and the claim above, not a transaction, is what makes it exactly-once.
+
+What the processes publish for status (heartbeats, the leader's state) is
+`worker.scheduler_state`; it is re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, TypedDict
+from typing import Any
 
 import dramatiq
 import redis
@@ -58,15 +58,34 @@ from dramatiq import Message
 
 from services.locks import SCHEDULER_LOCK, RedisLock
 from services.metrics import SCHEDULER_CLOCK_SKEW, SCHEDULER_IS_LEADER, SCHEDULER_TICKS
-from worker.schedule import ScheduledJob, latest_due_tick, next_tick, tick_id
+from worker.schedule import ScheduledJob, latest_due_tick, tick_id
+from worker.scheduler_state import (
+    MEMBERS_KEY,
+    SKEWED_KEY,
+    STATE_KEY,
+    JobState,
+    Presence,
+    SchedulerState,
+    read_state,
+)
+from worker.tick_claim import Claim, TickClaim, TickClaims, ms
+
+__all__ = [
+    "MAX_CLOCK_SKEW_S",
+    "MEMBERS_KEY",
+    "SKEWED_KEY",
+    "STATE_KEY",
+    "Outcome",
+    "ScheduleRunner",
+    "SchedulerState",
+    "process_identity",
+    "read_state",
+    "utc_now",
+]
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
-
-STATE_KEY = "sched:state"  # JSON written by the leader: who leads, next fire times
-MEMBERS_KEY = "sched:members"  # hash identity -> last heartbeat (Redis epoch s), every process
-SKEWED_KEY = "sched:clock_skew"  # hash identity -> seconds its clock is off, while refused
 
 # How far a scheduler's clock may be from Redis's `TIME` and still lead. Ticks are cron
 # instants, so a leader a few seconds off fires a few seconds early or late, which no job
@@ -74,29 +93,6 @@ SKEWED_KEY = "sched:clock_skew"  # hash identity -> seconds its clock is off, wh
 MAX_CLOCK_SKEW_S = 5.0
 # While a process stays skewed, the alert is repeated this often (log-based alerting).
 _SKEW_REALERT_S = 60.0
-
-# KEYS: leader lock, this tick's dedupe key, the following tick's dedupe key.
-# ARGV: token, caller's now (ms), max skew (ms, -1 = off), tick (ms), period (ms), key TTL (s).
-# Returns {status, Redis now (ms)}: 1 claimed, 0 already fired (this tick or the next),
-# -1 not the leader, -2 caller's clock is off, -3 tick too far in the future.
-_CLAIM = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, 0} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local max_skew = tonumber(ARGV[3])
-if max_skew >= 0 and math.abs(tonumber(ARGV[2]) - now) > max_skew then return {-2, now} end
-if tonumber(ARGV[4]) - now > tonumber(ARGV[5]) then return {-3, now} end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {0, now} end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[6]) then return {0, now} end
-return {1, now}
-"""
-
-# Gives a claimed tick back (the broker refused the message); only our own claim.
-_ROLLBACK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -154,8 +150,8 @@ class ScheduleRunner:
         if self.max_clock_skew_s is not None and self.max_clock_skew_s <= 0:
             raise ValueError(f"max_clock_skew_s must be positive, got {self.max_clock_skew_s}")
         self._by_name = {job.name: job for job in self.jobs}
-        self._claim = self.client.register_script(_CLAIM)
-        self._rollback = self.client.register_script(_ROLLBACK)
+        self._claims = TickClaims(self.client, self.lock_name)
+        self._presence = Presence(self.client, self.identity)
         self.log = log.bind(scheduler=self.identity)
 
     # --- leadership ------------------------------------------------------------------
@@ -174,7 +170,7 @@ class ScheduleRunner:
         """One election round; never raises on Redis errors (the next round retries)."""
         try:
             redis_now, skew_s = self.measure_clock_skew()
-            self._heartbeat(redis_now)
+            self._presence.heartbeat(redis_now)
             if self._skew_too_large(skew_s):
                 self._refuse_to_lead(skew_s)
                 return
@@ -213,7 +209,7 @@ class ScheduleRunner:
         was_leader = self._lock is not None
         if was_leader:
             self._demote("clock disagrees with Redis")
-        self.client.hset(SKEWED_KEY, self.identity, f"{skew_s:.3f}")
+        self._presence.clock_skewed(skew_s)
         alerted = self._skew_alerted_at
         if was_leader or alerted is None or time.monotonic() - alerted >= _SKEW_REALERT_S:
             self._skew_alerted_at = time.monotonic()
@@ -229,7 +225,7 @@ class ScheduleRunner:
         if self._skew_alerted_at is None:
             return
         self._skew_alerted_at = None
-        self.client.hdel(SKEWED_KEY, self.identity)
+        self._presence.clock_agrees()
         self.log.info("scheduler clock agrees with Redis TIME again; eligible to lead")
 
     def _try_acquire(self) -> None:
@@ -259,10 +255,9 @@ class ScheduleRunner:
         lock, self._lock = self._lock, None
         SCHEDULER_IS_LEADER.set(0)
         try:
-            self.client.hdel(MEMBERS_KEY, self.identity)
-            self.client.hdel(SKEWED_KEY, self.identity)
+            self._presence.leave()
             if lock is not None and lock.release():
-                self.client.delete(STATE_KEY)
+                self._presence.withdraw_state()
         except redis.RedisError as exc:
             self.log.warning("scheduler step-down incomplete (redis)", error=str(exc))
 
@@ -295,47 +290,16 @@ class ScheduleRunner:
         return outcome
 
     def _fire_tick(self, job: ScheduledJob, tick: datetime, token: str, now: datetime) -> Outcome:
-        following = next_tick(job.trigger, tick)
-        # The gap to the next tick; a cron with no further tick has no next period, and
-        # then only "not in the future at all" is accepted.
-        period_ms = int((following - tick).total_seconds() * 1000) if following else 0
-        tick_key = f"sched:{job.name}:{tick_id(tick)}"
-        next_key = f"sched:{job.name}:{tick_id(following)}" if following else tick_key + ":end"
         max_skew_ms = -1 if self.max_clock_skew_s is None else int(self.max_clock_skew_s * 1000)
         bound = self.log.bind(job=job.name, tick=tick_id(tick))
         try:
-            status, redis_ms = self._claim(
-                keys=[self.lock_name, tick_key, next_key],
-                args=[token, _ms(now), max_skew_ms, _ms(tick), period_ms, job.dedupe_ttl_s],
-            )
+            claimed = self._claims.claim(job, tick, token=token, now=now,
+                                         max_skew_ms=max_skew_ms)
         except redis.RedisError as exc:
             bound.warning("tick claim failed; will retry", error=str(exc))
             return Outcome.FAILED
-        status = int(status)
-        if status == -1:
-            self._demote("leader lock held by another scheduler")
-            return Outcome.LOST_LEADERSHIP
-        if status == -2:
-            skew_s = (_ms(now) - int(redis_ms)) / 1000
-            bound.error(
-                "tick refused: scheduler clock disagrees with Redis TIME; stepping down",
-                alert="scheduler_clock_skew",
-                skew_s=round(skew_s, 3),
-                max_skew_s=self.max_clock_skew_s,
-            )
-            self._skew_alerted_at = time.monotonic()
-            self._demote("clock disagrees with Redis")
-            return Outcome.CLOCK_SKEW
-        if status == -3:
-            bound.warning(
-                "tick refused: more than one period ahead of Redis TIME",
-                ahead_s=round((_ms(tick) - int(redis_ms)) / 1000, 3),
-                period_s=period_ms / 1000,
-            )
-            return Outcome.FUTURE_TICK
-        if status == 0:
-            self._remember(job.name, tick)
-            return Outcome.DUPLICATE
+        if claimed.claim is not Claim.CLAIMED:
+            return self._refused(claimed, job, tick, now, bound)
         message: Message[Any] = Message(
             queue_name=job.queue,
             actor_name=job.actor,
@@ -349,7 +313,7 @@ class ScheduleRunner:
         except Exception as exc:
             # Give the tick back so the next sweep retries it instead of losing it.
             try:
-                self._rollback(keys=[tick_key], args=[token])
+                self._claims.give_back(claimed, token)
             except redis.RedisError:
                 bound.error("tick rollback failed; this tick is lost", error=str(exc))
             bound.warning("enqueue failed; tick will be retried", error=str(exc))
@@ -363,6 +327,32 @@ class ScheduleRunner:
         )
         return Outcome.FIRED
 
+    def _refused(self, claimed: TickClaim, job: ScheduledJob, tick: datetime, now: datetime,
+                 bound: structlog.typing.FilteringBoundLogger) -> Outcome:
+        if claimed.claim is Claim.NOT_LEADER:
+            self._demote("leader lock held by another scheduler")
+            return Outcome.LOST_LEADERSHIP
+        if claimed.claim is Claim.CLOCK_SKEW:
+            skew_s = (ms(now) - claimed.redis_ms) / 1000
+            bound.error(
+                "tick refused: scheduler clock disagrees with Redis TIME; stepping down",
+                alert="scheduler_clock_skew",
+                skew_s=round(skew_s, 3),
+                max_skew_s=self.max_clock_skew_s,
+            )
+            self._skew_alerted_at = time.monotonic()
+            self._demote("clock disagrees with Redis")
+            return Outcome.CLOCK_SKEW
+        if claimed.claim is Claim.FUTURE_TICK:
+            bound.warning(
+                "tick refused: more than one period ahead of Redis TIME",
+                ahead_s=round((ms(tick) - claimed.redis_ms) / 1000, 3),
+                period_s=claimed.period_ms / 1000,
+            )
+            return Outcome.FUTURE_TICK
+        self._remember(job.name, tick)  # ALREADY_FIRED
+        return Outcome.DUPLICATE
+
     def _remember(self, name: str, tick: datetime) -> None:
         with self._mutex:
             current = self._fired.get(name)
@@ -375,85 +365,19 @@ class ScheduleRunner:
         now = self.clock()
         return {job.name: job.trigger.get_next_fire_time(None, now) for job in self.jobs}
 
-    def _heartbeat(self, redis_now: datetime) -> None:
-        # Redis's clock, not ours: a skewed process must still look alive, and only alive.
-        self.client.hset(MEMBERS_KEY, self.identity, str(int(redis_now.timestamp())))
-
     def _publish(self, redis_now: datetime) -> None:
         now = self.clock()
         with self._mutex:
             fired = dict(self._fired)
-        state = {
-            "leader": self.identity,
-            "since": self._since.isoformat() if self._since else None,
-            "updated_at": now.isoformat(),
-            "jobs": {
-                name: {
-                    "actor": self._by_name[name].actor,
-                    "next_fire": nxt.isoformat() if nxt else None,
-                    "last_fired_tick": fired[name].isoformat() if name in fired else None,
-                }
-                for name, nxt in self.next_fire_times().items()
-            },
+        jobs: dict[str, JobState] = {
+            name: {
+                "actor": self._by_name[name].actor,
+                "next_fire": nxt.isoformat() if nxt else None,
+                "last_fired_tick": fired[name].isoformat() if name in fired else None,
+            }
+            for name, nxt in self.next_fire_times().items()
         }
         # Expires soon after the leader stops publishing, so status never shows a dead one.
         ttl_ms = max(int(self.standby_interval_s * 3000), self.leader_ttl_ms)
-        self.client.set(STATE_KEY, json.dumps(state), px=ttl_ms)
-        self._prune_members(redis_now)
-
-    def _prune_members(self, redis_now: datetime) -> None:
-        stale_before = redis_now.timestamp() - max(60.0, self.standby_interval_s * 10)
-        members = self.client.hgetall(MEMBERS_KEY)
-        stale = [name for name, seen in members.items() if float(seen) < stale_before]
-        if stale:
-            self.client.hdel(MEMBERS_KEY, *stale)
-            self.client.hdel(SKEWED_KEY, *stale)
-
-
-def _ms(instant: datetime) -> int:
-    return int(instant.timestamp() * 1000)
-
-
-class SchedulerState(TypedDict):
-    leader: str | None
-    leader_since: str | None
-    lock_held: bool
-    schedulers: list[str]
-    # Live schedulers refusing to lead because their clock disagrees with Redis's TIME:
-    # identity -> seconds ahead (negative: behind).
-    clock_skewed: dict[str, float]
-    # Per job: actor, next_fire, last_fired_tick (ISO times), as the leader published them.
-    jobs: dict[str, dict[str, str | None]]
-
-
-def read_state(client: redis.Redis, *, now: datetime | None = None) -> SchedulerState:
-    """What `keysync status` shows: the leader's published state and live schedulers.
-
-    Heartbeats are in Redis's time, so liveness is judged by Redis's `TIME` unless `now`
-    is given.
-    """
-    raw = client.get(STATE_KEY)
-    state: dict[str, Any] = json.loads(raw) if raw else {}
-    holder = client.get(SCHEDULER_LOCK)
-    if now is None:
-        seconds, micros = client.time()
-        current = seconds + micros / 1_000_000
-    else:
-        current = now.timestamp()
-    members: Mapping[Any, Any] = client.hgetall(MEMBERS_KEY)
-    live = sorted(_text(name) for name, seen in members.items() if current - float(seen) < 30)
-    skewed: Mapping[Any, Any] = client.hgetall(SKEWED_KEY)
-    return {
-        "leader": state.get("leader") if holder else None,
-        "leader_since": state.get("since") if holder else None,
-        "lock_held": holder is not None,
-        "schedulers": live,
-        "clock_skewed": {
-            _text(name): float(skew) for name, skew in skewed.items() if _text(name) in live
-        },
-        "jobs": state.get("jobs", {}) if holder else {},
-    }
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        self._presence.publish(since=self._since, now=now, jobs=jobs, ttl_ms=ttl_ms)
+        self._presence.prune(redis_now, max(60.0, self.standby_interval_s * 10))

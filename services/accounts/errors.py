@@ -17,8 +17,10 @@ class EmailTaken(DomainError):
 
 
 class InvalidCredentials(DomainError):
+    """Sign-in refused: no account with this email, or the wrong password. Deliberately
+    not saying which of the two was wrong (nor, by timing, whether the account exists)."""
+
     code = "invalid_credentials"
-    # Deliberately not saying which of the two was wrong.
     message = "Email or password is incorrect."
 
 
@@ -29,6 +31,9 @@ class InvalidToken(Unauthorized):
 
 
 class UserNotFound(DomainError):
+    """No account with this email, for a change to one account (a top-up, an admin
+    grant); the message names the email as normalised."""
+
     code = "user_not_found"
 
 

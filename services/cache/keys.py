@@ -9,8 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
 
 MINUTE = 60
 HOUR = 60 * MINUTE
@@ -63,7 +62,7 @@ user_pattern = _pattern("user:{}:*")
 session_pattern = _pattern("session:{}:*")
 
 
-def games_list(params: dict[str, Any]) -> str:
+def games_list(params: Mapping[str, str | int]) -> str:
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
     return f"{GAMES_LIST_PREFIX}{digest[:32]}"
 

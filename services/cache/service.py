@@ -26,11 +26,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pybreaker
 import redis
 import structlog
+from pydantic import JsonValue
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -113,6 +114,11 @@ def encode(value: object) -> str:
     return json.dumps(value, default=_json_default, separators=(",", ":"))
 
 
+def decode(raw: str | bytes) -> JsonValue:
+    value: JsonValue = json.loads(raw)
+    return value
+
+
 # Bookkeeping keys beside the cached ones: generation counters per key and per family, and
 # each family's tag set of member keys.
 _gen_key = "gen:{}".format
@@ -153,7 +159,7 @@ class Cache:
 
     # --- reads -------------------------------------------------------------------------
 
-    def get(self, key: str) -> Any | None:
+    def get(self, key: str) -> JsonValue:
         if not self._usable():
             CACHE_REQUESTS.labels("bypass").inc()
             return None
@@ -163,7 +169,7 @@ class Cache:
             CACHE_REQUESTS.labels("bypass").inc()
             return None
         CACHE_REQUESTS.labels("hit" if raw is not None else "miss").inc()
-        return None if raw is None else json.loads(raw)
+        return None if raw is None else decode(raw)
 
     def set(self, key: str, value: object, ttl_s: int) -> bool:
         """Store unconditionally (for values just written to Postgres). False if skipped."""
@@ -186,24 +192,24 @@ class Cache:
             return False
         return True
 
-    def read_through(self, key: str, ttl_s: int, loader: Callable[[], T]) -> Any:
+    def read_through(self, key: str, ttl_s: int, loader: Callable[[], T]) -> JsonValue:
         """Cached JSON value of `key`, loading from Postgres (and caching) on a miss.
 
         Returns the JSON form of the loader's result, so hits and misses look the same.
         """
         if not self._usable():
             CACHE_REQUESTS.labels("bypass").inc()
-            return json.loads(encode(loader()))
+            return decode(encode(loader()))
         family = cache_keys.family_of(key)
         watched = [key, _gen_key(key)] + ([_family_gen_key(family)] if family else [])
         try:
             cached, *generations = self._call(lambda: self._redis.mget(watched))
         except CacheUnavailable:
             CACHE_REQUESTS.labels("bypass").inc()
-            return json.loads(encode(loader()))
+            return decode(encode(loader()))
         if cached is not None:
             CACHE_REQUESTS.labels("hit").inc()
-            return json.loads(cached)
+            return decode(cached)
         CACHE_REQUESTS.labels("miss").inc()
         payload = encode(loader())
         seen = [g.decode() if isinstance(g, bytes) else (g or "0") for g in generations]
@@ -214,7 +220,7 @@ class Cache:
             self._call(
                 lambda: self._set_if_fresh(keys=script_keys, args=[payload, ttl_s * 1000, *seen])
             )
-        return json.loads(payload)
+        return decode(payload)
 
     # --- invalidation ------------------------------------------------------------------
     #

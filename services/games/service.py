@@ -104,7 +104,7 @@ def get_game(session: Session, cache: Cache, game_id: uuid.UUID) -> GameView:
 def list_games(session: Session, cache: Cache, search: str, page: int) -> GamePage:
     """`GET /games`: one page read through `games:list:{hash of the normalised query}`."""
     search = search.strip()
-    params = {"search": search.lower(), "page": page}
+    params: dict[str, str | int] = {"search": search.lower(), "page": page}
     with session.begin():  # connects only on a cache miss
         cached = cache.read_through(
             keys.games_list(params),

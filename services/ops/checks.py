@@ -8,13 +8,27 @@ claims health it could not see.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
+from typing import TypeVar
 
 from pydantic import BaseModel
 
-from services.ops.snapshot import RunView, Snapshot
+from services.ops.snapshot import (
+    Backlog,
+    FundsState,
+    RemovalGuardView,
+    RunView,
+    Snapshot,
+    StuckOrders,
+    WebhookInbox,
+)
+from worker.heartbeat import WorkerBeat
+from worker.scheduler_state import SchedulerState
+
+S = TypeVar("S")
 
 
 class CheckState(StrEnum):
@@ -70,6 +84,25 @@ def _critical(name: str, detail: str) -> Check:
     return Check(name=name, state=CheckState.CRITICAL, detail=detail)
 
 
+def _reads(
+    source: str, section: Callable[[Snapshot], S | None]
+) -> Callable[[Callable[[Snapshot, S], Check]], Callable[[Snapshot], Check]]:
+    """A check of one snapshot section, named after its function: unknown while `source`
+    was unreachable (the section is None), otherwise the check proper, given the section."""
+
+    def wrap(check: Callable[[Snapshot, S], Check]) -> Callable[[Snapshot], Check]:
+        @functools.wraps(check)
+        def run(snap: Snapshot) -> Check:
+            value = section(snap)
+            if value is None:
+                return _unknown(check.__name__, source)
+            return check(snap, value)
+
+        return run
+
+    return wrap
+
+
 def _age(snap: Snapshot, iso: str | None) -> float | None:
     if iso is None:
         return None
@@ -97,26 +130,24 @@ def broker(snap: Snapshot) -> Check:
                      "job outbox until it answers")
 
 
-def workers(snap: Snapshot) -> Check:
-    if snap.workers is None:
-        return _unknown("workers", "broker")
+@_reads("broker", lambda snap: snap.workers)
+def workers(snap: Snapshot, beats: list[WorkerBeat]) -> Check:
     silent_s = snap.thresholds.worker_silent_s
-    alive = [b for b in snap.workers if not b.stopped and b.age_s <= silent_s]
+    alive = [b for b in beats if not b.stopped and b.age_s <= silent_s]
     if alive:
         names = ", ".join(b.id for b in alive[:5]) + (" …" if len(alive) > 5 else "")
         return _ok("workers", f"{len(alive)} worker process(es) alive: {names}")
-    if not snap.workers:
+    if not beats:
         return _critical("workers", "no worker has ever sent a heartbeat: start `keysync worker`")
-    last = snap.workers[0]
+    last = beats[0]
     how = "stopped cleanly" if last.stopped else "silent"
     return _critical("workers", f"no worker heartbeat for {human_s(last.age_s)} (last: "
                      f"{last.id}, {how}); nothing consumes the queues: start `keysync worker`")
 
 
-def queue_age(snap: Snapshot) -> Check:
-    if snap.oldest_ready_s is None:
-        return _unknown("queue_age", "broker")
-    queue, age = max(snap.oldest_ready_s.items(), key=lambda qa: qa[1], default=("default", 0.0))
+@_reads("broker", lambda snap: snap.oldest_ready_s)
+def queue_age(snap: Snapshot, oldest_ready_s: dict[str, float]) -> Check:
+    queue, age = max(oldest_ready_s.items(), key=lambda qa: qa[1], default=("default", 0.0))
     limits = snap.thresholds
     ready = sum(d.ready for d in (snap.queues or {}).values())
     detail = f"oldest ready message waited {human_s(age)} ({queue}; {ready} ready)"
@@ -127,13 +158,12 @@ def queue_age(snap: Snapshot) -> Check:
     return _ok("queue_age", detail)
 
 
-def dead_letters(snap: Snapshot) -> Check:
-    if snap.dead_letters is None:
-        return _unknown("dead_letters", "broker")
-    total = sum(snap.dead_letters.values())
+@_reads("broker", lambda snap: snap.dead_letters)
+def dead_letters(snap: Snapshot, per_actor_count: dict[str, int]) -> Check:
+    total = sum(per_actor_count.values())
     if total == 0:
         return _ok("dead_letters", "none")
-    per_actor = ", ".join(f"{a} {n}" for a, n in sorted(snap.dead_letters.items()))
+    per_actor = ", ".join(f"{a} {n}" for a, n in sorted(per_actor_count.items()))
     return _critical("dead_letters", f"{total} dead-lettered job(s) ({per_actor}): "
                      "`keysync jobs --state dead`, then retry or discard")
 
@@ -170,20 +200,16 @@ def stock_check(snap: Snapshot) -> Check:
     return _last_sync(snap, "stock", "stock_check", snap.thresholds.stock_check_max_age_s, _warn)
 
 
-def removal_guard(snap: Snapshot) -> Check:
-    guard = snap.removal_guard
-    if guard is None:
-        return _unknown("removal_guard", "database")
+@_reads("database", lambda snap: snap.removal_guard)
+def removal_guard(snap: Snapshot, guard: RemovalGuardView) -> Check:
     if not guard["active"]:
         return _ok("removal_guard", "inactive")
     return _critical("removal_guard", f"active since {guard['since']}: {guard['detail']}; if "
                      "G2A really dropped them: `keysync sync --full --allow-mass-removal`")
 
 
-def cache_outbox(snap: Snapshot) -> Check:
-    backlog = snap.cache_outbox
-    if backlog is None:
-        return _unknown("cache_outbox", "database")
+@_reads("database", lambda snap: snap.cache_outbox)
+def cache_outbox(snap: Snapshot, backlog: Backlog) -> Check:
     if backlog.pending == 0:
         return _ok("cache_outbox", "empty")
     return _warn("cache_outbox", f"{backlog.pending} invalidation(s) waiting (oldest "
@@ -191,10 +217,8 @@ def cache_outbox(snap: Snapshot) -> Check:
                  "(automatic once Redis answers; now: `keysync outbox relay`)")
 
 
-def job_outbox(snap: Snapshot) -> Check:
-    backlog = snap.job_outbox
-    if backlog is None:
-        return _unknown("job_outbox", "database")
+@_reads("database", lambda snap: snap.job_outbox)
+def job_outbox(snap: Snapshot, backlog: Backlog) -> Check:
     if backlog.pending == 0 or backlog.oldest_s is None:
         return _ok("job_outbox", "empty")
     detail = f"{backlog.pending} job(s) not sent yet (oldest {human_s(backlog.oldest_s)})"
@@ -206,10 +230,8 @@ def job_outbox(snap: Snapshot) -> Check:
     return _ok("job_outbox", detail)
 
 
-def webhooks(snap: Snapshot) -> Check:
-    inbox = snap.webhooks
-    if inbox is None:
-        return _unknown("webhooks", "database")
+@_reads("database", lambda snap: snap.webhooks)
+def webhooks(snap: Snapshot, inbox: WebhookInbox) -> Check:
     dead = inbox.by_outcome.get("dead", 0)
     if dead:
         return _critical("webhooks", f"{dead} dead webhook event(s): "
@@ -226,10 +248,8 @@ def webhooks(snap: Snapshot) -> Check:
                f"{inbox.by_outcome['orphan']} orphan, 0 dead")
 
 
-def stuck_orders(snap: Snapshot) -> Check:
-    stuck = snap.stuck_orders
-    if stuck is None:
-        return _unknown("stuck_orders", "database")
+@_reads("database", lambda snap: snap.stuck_orders)
+def stuck_orders(snap: Snapshot, stuck: StuckOrders) -> Check:
     if stuck.count == 0:
         return _ok("stuck_orders", f"none older than {human_s(stuck.after_s)}")
     return _critical("stuck_orders", f"{stuck.count} order(s) not final after "
@@ -237,10 +257,8 @@ def stuck_orders(snap: Snapshot) -> Check:
                      "`keysync orders --stuck`")
 
 
-def g2a_funds(snap: Snapshot) -> Check:
-    funds = snap.g2a_funds
-    if funds is None:
-        return _unknown("g2a_funds", "database")
+@_reads("database", lambda snap: snap.g2a_funds)
+def g2a_funds(snap: Snapshot, funds: FundsState) -> Check:
     if not funds.refusing:
         return _ok("g2a_funds", "no G2A refusal for lack of funds "
                    f"in the last {human_s(snap.thresholds.funds_window_s)}")
@@ -251,10 +269,8 @@ def g2a_funds(snap: Snapshot) -> Check:
                      "refunded (`keysync orders --status FAILED`)")
 
 
-def scheduler(snap: Snapshot) -> Check:
-    state = snap.scheduler
-    if state is None:
-        return _unknown("scheduler", "redis")
+@_reads("redis", lambda snap: snap.scheduler)
+def scheduler(snap: Snapshot, state: SchedulerState) -> Check:
     if state["leader"]:
         return _ok("scheduler", f"leader {state['leader']}, {len(state['schedulers'])} running")
     return _critical("scheduler", "no scheduler leader: syncs, stock checks, pollers and "

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import redis
+from pydantic import JsonValue
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from services.cache import Cache
-from services.cache.service import encode
+from services.cache.service import decode, encode
 
 T = TypeVar("T")
 
@@ -225,8 +226,8 @@ class _LoadOnly(Cache):
     """A cache that always runs the loader: the service's own read path minus Redis, so a
     recomputed value has exactly the JSON form a fresh cache fill would store."""
 
-    def read_through(self, key: str, ttl_s: int, loader: Callable[[], T]) -> object:
-        return json.loads(encode(loader()))
+    def read_through(self, key: str, ttl_s: int, loader: Callable[[], T]) -> JsonValue:
+        return decode(encode(loader()))
 
 
 class _Missing(Exception):

@@ -67,7 +67,7 @@ from db.models import G2APurchase, G2APurchaseStatus, Game, Order, OrderItem, Or
 from services.cache import Cache
 from services.g2a import G2AClient, G2AError
 from services.orders import status as order_status
-from services.orders.g2a_steps import G2ASteps, StepFailed, StepPending, Unit
+from services.orders.g2a_steps import G2AOrderStored, G2ASteps, StepFailed, StepPending, Unit
 
 log = structlog.get_logger(__name__)
 
@@ -141,12 +141,15 @@ class Fulfiller:
     cache: Cache
     broker: dramatiq.Broker
     key_encryption_key: str
+    # `services.webhooks.service.enqueue_orphans` in every real run (see `G2AOrderStored`).
+    g2a_order_stored: G2AOrderStored
     currency: str = "EUR"
     _steps: G2ASteps = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._steps = G2ASteps(
-            self.g2a, self.broker, Fernet(self.key_encryption_key.encode()), self.currency
+            self.g2a, self.broker, Fernet(self.key_encryption_key.encode()), self.currency,
+            self.g2a_order_stored,
         )
 
     def run(self, order_id: uuid.UUID) -> FulfilmentResult:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import dramatiq
 import structlog
@@ -39,7 +39,6 @@ from services.g2a import (
     G2AOrderNotFound,
     G2APaymentNotReady,
 )
-from services.webhooks import service as webhooks
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +77,18 @@ class StepPending(Exception):
         self.reason = reason
 
 
+class G2AOrderStored(Protocol):
+    """Told, inside the transaction that stores a new G2A order, that the order is known
+    now: a G2A webhook about it may have beaten that commit and be waiting as an orphan.
+
+    The job wires `services.webhooks.service.enqueue_orphans`. A parameter, not an import:
+    webhooks apply statuses through this package, so it must not import webhooks back."""
+
+    def __call__(
+        self, session: Session, broker: dramatiq.Broker, *, g2a_order_id: str
+    ) -> object: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Unit:
     item_id: int
@@ -92,6 +103,7 @@ class G2ASteps:
     broker: dramatiq.Broker
     fernet: Fernet
     currency: str
+    g2a_order_stored: G2AOrderStored
 
     def create(self, session: Session, unit: Unit) -> None:
         """No row yet: `POST /v1/order`, then the CREATED row (we only ever pay orders we
@@ -140,8 +152,7 @@ class G2ASteps:
         if bad:
             raise StepFailed(f"g2a create_order answer: {bad}")
         session.flush()
-        # A G2A webhook may have beaten this commit; apply it now that the order is known.
-        webhooks.enqueue_orphans(session, self.broker, g2a_order_id=created.order_id)
+        self.g2a_order_stored(session, self.broker, g2a_order_id=created.order_id)
         bound.info("g2a order created", g2a_order_id=created.order_id, price=str(created.price))
 
     def _bad_answer(self, created: CreatedOrder, unit: Unit) -> str:

@@ -32,7 +32,6 @@ from db.models import (
     Game,
     Order,
     OrderItem,
-    OrderStatus,
     Transaction,
     TransactionStatus,
     TransactionType,
@@ -173,7 +172,7 @@ def _create_in_transaction(
     if user.balance < total:
         raise InsufficientBalance(f"balance {user.balance} is below the order total {total}")
 
-    order = Order(user_id=user_id, status=OrderStatus.PENDING, total=total)
+    order = Order(user_id=user_id, total=total)  # PENDING: the model's default
     session.add(order)
     session.flush()
     session.execute(

@@ -20,14 +20,7 @@ import structlog
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import (
-    G2APurchase,
-    G2APurchaseStatus,
-    Order,
-    OrderItem,
-    OrderStatus,
-    WebhookEvent,
-)
+from db.models import G2APurchase, G2APurchaseStatus, Order, OrderItem, OrderStatus, WebhookEvent
 from services.cache import Cache
 from services.metrics import WEBHOOK_EVENTS
 from services.orders import status as order_status
@@ -159,7 +152,10 @@ def enqueue_orphans(
     g2a_order_id: str | None = None,
 ) -> list[str]:
     """Inside the transaction that makes an order (or G2A order) known: enqueue the orphan
-    events that were waiting for it (sent after commit). Returns their event ids."""
+    events that were waiting for it (sent after commit). Returns their event ids.
+
+    Fulfilment is handed this function by its job (`Fulfiller.g2a_order_stored`) rather
+    than importing it: this module applies statuses through `services.orders`."""
     conditions = []
     if order_id is not None:
         conditions.append(WebhookEvent.payload["data"]["order_id"].astext == str(order_id))

@@ -19,6 +19,7 @@ from services.catalog import SyncDeps, run_catalog_sync
 from services.g2a import G2AClient
 from services.orders import service as orders
 from services.orders.fulfilment import Fulfiller, FulfilmentOutcome
+from services.webhooks.service import enqueue_orphans
 from tests.faults.support import (
     Figures,
     catalog_differences,
@@ -93,7 +94,7 @@ def test_g2a_faults_during_sync_and_fulfilment(
     fulfiller = Fulfiller(sessions=resources.sessions, g2a=g2a, cache=resources.cache,
                           broker=resources.broker,
                           key_encryption_key=resources.settings.key_encryption_key
-                          .get_secret_value())
+                          .get_secret_value(), g2a_order_stored=enqueue_orphans)
     for order_id in made:
         outcome = fulfiller.run(order_id).outcome
         for _ in range(15):  # the actor's re-sends, then the poller's

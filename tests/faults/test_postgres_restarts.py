@@ -27,6 +27,7 @@ from keysync.resources import Resources
 from services.accounts import tokens
 from services.orders import service as orders
 from services.orders.fulfilment import Fulfiller, FulfilmentOutcome
+from services.webhooks.service import enqueue_orphans
 from tests.faults.support import Figures, check_invariants, sim_faults, sim_stats
 from tests.helpers import LiveServer, wait_until
 from tests.order_helpers import make_game, make_user, sim_client, sim_game
@@ -121,7 +122,8 @@ def test_postgres_restarted_during_fulfilment(
     def fulfiller() -> Fulfiller:
         return Fulfiller(sessions=res.sessions, g2a=sim_client(sim), cache=res.cache,
                          broker=res.broker,
-                         key_encryption_key=res.settings.key_encryption_key.get_secret_value())
+                         key_encryption_key=res.settings.key_encryption_key.get_secret_value(),
+                         g2a_order_stored=enqueue_orphans)
 
     errors: list[str] = []
 

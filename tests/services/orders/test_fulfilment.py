@@ -53,6 +53,7 @@ def test_happy_path_one_paid_order_per_key(resources: Resources, sim: SimServer)
     assert len({u.g2a_order_id for u in units}) == 3
     stats = sim_stats(sim)
     assert (stats["orders_created"], stats["orders_paid"], stats["keys_issued"]) == (3, 3, 3)
+    assert stats["lookups"] == 2  # the pre-flight: one per item, not per unit
     # the stored keys are the simulator's keys, encrypted at rest
     fernet = Fernet(resources.settings.key_encryption_key.get_secret_value().encode())
     stored = sorted(fernet.decrypt(u.key_encrypted).decode() for u in units)  # type: ignore[arg-type]
@@ -63,6 +64,8 @@ def test_happy_path_one_paid_order_per_key(resources: Resources, sim: SimServer)
         owner = order_row(resources, order_id).user_id
         view = orders.get_order(s, resources.cache, owner, order_id, key_encryption_key=kek)
     assert sorted(view.keys or []) == stored
+    assert view.refunded == Decimal("0.00")
+    assert [(i.quantity, i.delivered) for i in view.items] == [(2, 2), (1, 1)]
     # a second delivery of the job does nothing
     assert fulfiller(resources, sim).run(order_id).outcome is FulfilmentOutcome.SKIPPED
     assert sim_stats(sim)["orders_created"] == 3

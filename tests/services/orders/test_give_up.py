@@ -25,7 +25,8 @@ from g2a_sim.server import SimServer
 from keysync.resources import Resources
 from services.orders.chains import FulfilmentChains, message_token, resume_delay_ms
 from services.orders.fulfilment import FulfilmentOutcome, FulfilmentResult
-from services.orders.polling import GiveUp, PollResult, poll_order_status
+from services.orders.give_up import GiveUp
+from services.orders.polling import PollResult, poll_order_status
 from tests.faults.support import Figures, check_invariants
 from tests.helpers import wait_until
 from tests.order_flows import (

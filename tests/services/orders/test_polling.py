@@ -14,6 +14,7 @@ from keysync.resources import Resources
 from services.orders import status as order_status
 from services.orders.fulfilment import Fulfiller, FulfilmentOutcome
 from services.orders.polling import poll_order_status
+from services.webhooks.service import enqueue_orphans
 from tests.helpers import wait_until
 from tests.order_flows import assert_invariants, fulfiller, order_row, place_order
 from tests.order_helpers import balance, sim_client, sim_game, sim_stats
@@ -81,7 +82,8 @@ def test_payment_that_timed_out_before_a_refund_is_recorded(resources: Resources
     httpx.post(sim.url + "/_sim/faults",
                json={"rate": 1.0, "latency_ms": 600, "paths": "/v1/order/pay", "count": 3})
     slow = Fulfiller(resources.sessions, impatient, resources.cache, resources.broker,
-                     resources.settings.key_encryption_key.get_secret_value())
+                     resources.settings.key_encryption_key.get_secret_value(),
+                     g2a_order_stored=enqueue_orphans)
     assert slow.run(order_id).outcome is FulfilmentOutcome.PENDING
     # the simulator finishes the payments we stopped waiting for
     wait_until(lambda: sim_stats(sim)["orders_paid"] == 1, what="G2A took the payment")

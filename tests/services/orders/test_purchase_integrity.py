@@ -36,6 +36,7 @@ from services.ops import invariants
 from services.orders import service as orders
 from services.orders.fulfilment import Fulfiller, FulfilmentOutcome
 from services.orders.schemas import OrderView
+from services.webhooks.service import enqueue_orphans
 from tests.order_flows import assert_invariants, fulfiller, order_row, order_units, place_order
 from tests.order_helpers import balance, make_game, sim_game, sim_stats
 
@@ -44,6 +45,11 @@ FUNDS = Decimal("500.00")
 
 def _sim_post(sim: SimServer, path: str, body: dict[str, Any]) -> None:
     httpx.post(sim.url + path, json=body, timeout=5.0).raise_for_status()
+
+
+def _order_of(resources: Resources, sim: SimServer, units: int) -> tuple[uuid.UUID, uuid.UUID]:
+    """An order of `units` of one game the simulator sells: (order id, user id)."""
+    return place_order(resources, [(sim_game(resources.sessions, sim), units)])
 
 
 def _view(resources: Resources, order_id: uuid.UUID) -> OrderView:
@@ -86,21 +92,7 @@ def _check_cli(sim: SimServer) -> dict[str, Any]:
 
 
 # --- pre-flight: nothing bought when G2A cannot sell the order as it was sold -------------
-
-
-def test_preflight_is_one_lookup_per_item_then_buys(resources: Resources, sim: SimServer) -> None:
-    a, b = sim_game(resources.sessions, sim), sim_game(resources.sessions, sim, skip=1)
-    order_id, _ = place_order(resources, [(a, 2), (b, 1)])
-    result = fulfiller(resources, sim).run(order_id)
-    assert result.outcome is FulfilmentOutcome.COMPLETED
-    stats = sim_stats(sim)
-    assert stats["lookups"] == 2  # one per item, not per unit
-    assert (stats["orders_created"], stats["orders_paid"]) == (3, 3)
-    view = _view(resources, order_id)
-    assert view.refunded == Decimal("0.00")
-    assert [(i.quantity, i.delivered) for i in view.items] == [(2, 2), (1, 1)]
-    assert len(view.keys or []) == 3
-    assert_invariants(resources, sim)
+# (one look-up per item when it can: `test_fulfilment.test_happy_path_one_paid_order_per_key`)
 
 
 def test_g2a_stock_dropped_since_the_sync_buys_nothing(
@@ -150,8 +142,7 @@ def test_price_rise_before_fulfilment_buys_nothing(resources: Resources, sim: Si
 def test_failed_lookup_retries_later_and_buys_nothing_meanwhile(
     resources: Resources, sim: SimServer
 ) -> None:
-    game = sim_game(resources.sessions, sim)
-    order_id, _ = place_order(resources, [(game, 2)])
+    order_id, _ = _order_of(resources, sim, 2)
     # every attempt of the client's look-up (3 in tests) answers 500
     _sim_post(sim, "/_sim/faults", {"status": 500, "only": "lookup", "count": 3})
     f = fulfiller(resources, sim)
@@ -244,8 +235,7 @@ def test_key_lost_after_a_delivered_unit_completes_partially(
 ) -> None:
     """The second unit is paid, then its key leaves G2A without us (ORD04): the first key
     stays delivered, the lost one is refunded and reported (key_lost), never retried."""
-    game = sim_game(resources.sessions, sim)
-    order_id, user_id = place_order(resources, [(game, 2)])
+    order_id, user_id = _order_of(resources, sim, 2)
     unit_price = order_row(resources, order_id).total / 2
     # unit 0's key call passes; unit 1's fails every attempt, so it stays PAID
     _sim_post(sim, "/_sim/faults",
@@ -329,14 +319,14 @@ def _fulfiller_via(resources: Resources, url: str) -> Fulfiller:
     return Fulfiller(
         sessions=resources.sessions, g2a=client, cache=resources.cache, broker=resources.broker,
         key_encryption_key=resources.settings.key_encryption_key.get_secret_value(),
+        g2a_order_stored=enqueue_orphans,
     )
 
 
 def test_order_answered_above_max_price_is_never_paid(
     resources: Resources, sim: SimServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    game = sim_game(resources.sessions, sim)
-    order_id, user_id = place_order(resources, [(game, 1)])
+    order_id, user_id = _order_of(resources, sim, 1)
     over = order_row(resources, order_id).total + Decimal("1.00")
     with _misbehaving_g2a(sim, {1: {"price": float(over)}}) as url:
         result = _fulfiller_via(resources, url).run(order_id)
@@ -356,8 +346,7 @@ def test_order_answered_above_max_price_is_never_paid(
 def test_order_answered_in_another_currency_is_a_refused_unit(
     resources: Resources, sim: SimServer
 ) -> None:
-    game = sim_game(resources.sessions, sim)
-    order_id, user_id = place_order(resources, [(game, 2)])
+    order_id, user_id = _order_of(resources, sim, 2)
     unit_price = order_row(resources, order_id).total / 2
     with _misbehaving_g2a(sim, {2: {"currency": "USD"}}) as url:
         result = _fulfiller_via(resources, url).run(order_id)
