@@ -1,5 +1,6 @@
-"""Test controls under `/_sim` (docs/sync.md lists them): inject faults and drift, mutate the
-catalog, read and reset the stats, change the rate limit, key delay and funds at run time."""
+"""Test controls under `/_sim` (`keysync g2a-sim --help` and docs/operations.md list them):
+inject, list and remove faults, arm drift, mutate the catalog, read and reset the stats,
+change the rate limit, key delay and funds at run time."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ log = structlog.get_logger("g2a_sim")
 
 Body = dict[str, Any]
 OK: Body = {"ok": True}
+CONFIG_FIELDS = frozenset({"rate_limit_per_min", "key_delay_s", "funds"})
 
 
 def _control(handler: Callable[[Body], Body]) -> Callable[[Request], Awaitable[Response]]:
@@ -80,22 +82,36 @@ def control_routes(state: SimState, seed: int, sender: WebhookSender | None) -> 
     fault_seq = 0
 
     @_control
-    def set_faults(body: Body) -> Body:
+    def add_fault(body: Body) -> Body:
         nonlocal fault_seq
         fault = _fault(body)
         with state.lock:
             fault_seq += 1
+            fault.id = fault_seq
             fault.rng = random.Random(f"{seed}:faults:{fault_seq}")
-            state.fault = fault
-        log.info("sim.faults_set", rate=fault.rate, status=fault.status,
-                 latency_ms=fault.latency_ms, count=fault.count, skip=fault.skip,
-                 paths=fault.paths, only=fault.only, empty_listing=fault.empty_listing)
-        return OK
+            state.faults.append(fault)
+            active = len(state.faults)
+        log.info("sim.fault_added", active=active, **fault.as_dict())
+        return {**OK, "id": fault.id}
+
+    async def list_faults(request: Request) -> Response:
+        with state.lock:
+            return JSONResponse({"faults": [fault.as_dict() for fault in state.faults]})
 
     async def clear_faults(request: Request) -> Response:
         with state.lock:
-            state.fault = None
-        return JSONResponse(OK)
+            removed = len(state.faults)
+            state.faults.clear()
+        return JSONResponse({**OK, "removed": removed})
+
+    async def remove_fault(request: Request) -> Response:
+        fault_id = request.path_params["fault_id"]
+        with state.lock:
+            kept = [fault for fault in state.faults if fault.id != fault_id]
+            if len(kept) == len(state.faults):
+                return JSONResponse({"error": f"no active fault {fault_id}"}, status_code=404)
+            state.faults[:] = kept
+        return JSONResponse({**OK, "removed": 1})
 
     @_control
     def mutate(body: Body) -> Body:
@@ -141,6 +157,9 @@ def control_routes(state: SimState, seed: int, sender: WebhookSender | None) -> 
 
     @_control
     def set_config(body: Body) -> Body:
+        if unknown := sorted(set(body) - CONFIG_FIELDS):
+            raise ValueError(f"unknown config field(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(CONFIG_FIELDS))}")
         with state.lock:
             if body.get("rate_limit_per_min") is not None:
                 state.rate_limit = TokenBucket(int(body["rate_limit_per_min"]))
@@ -151,8 +170,10 @@ def control_routes(state: SimState, seed: int, sender: WebhookSender | None) -> 
         return OK
 
     return [
-        Route("/_sim/faults", set_faults, methods=["POST"]),
+        Route("/_sim/faults", add_fault, methods=["POST"]),
+        Route("/_sim/faults", list_faults, methods=["GET"]),
         Route("/_sim/faults", clear_faults, methods=["DELETE"]),
+        Route("/_sim/faults/{fault_id:int}", remove_fault, methods=["DELETE"]),
         Route("/_sim/mutate", mutate, methods=["POST"]),
         Route("/_sim/drift", set_drift, methods=["POST"]),
         Route("/_sim/drift", clear_drift, methods=["DELETE"]),

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from g2a_sim.catalog import MAX_PAGE, ListingFilter, money, parse_datetime, to_cents
+from g2a_sim.faults import fire
 from g2a_sim.state import SimError, SimState
 
 MALFORMED_BODY = b'{"status": "OK", "total": 3, "docs": [{"id": '
@@ -58,23 +59,13 @@ def export_routes(state: SimState, authorization: str) -> list[Route]:
             wait = state.rate_limit.take()
             if wait > 0:
                 state.stats.rate_limited += 1
-            fault = state.fault
-            fire = False
-            if wait <= 0 and fault is not None and fault.applies_to(request.url.path, target):
-                if fault.skip > 0:
-                    fault.skip -= 1
-                else:
-                    fire = fault.rng.random() < fault.rate
-                if fire:
-                    state.stats.faults_injected += 1
-                    if fault.count is not None:
-                        fault.count -= 1
-                        if fault.count <= 0:
-                            state.fault = None
+            fault = None if wait > 0 else fire(state.faults, request.url.path, target)
+            if fault is not None:
+                state.stats.faults_injected += 1
         if wait > 0:
             retry_after = str(max(1, math.ceil(wait)))
             return error(429, "BR03", "Too many requests", {"Retry-After": retry_after})
-        if fire and fault is not None:
+        if fault is not None:
             if fault.latency_ms:
                 await asyncio.sleep(fault.latency_ms / 1000)
             if fault.empty_listing:

@@ -1,5 +1,9 @@
 """What the simulated gateway does besides answering: its rate limit, injected faults, and
-catalog drift in the middle of a listing (set through `/_sim/faults` and `/_sim/drift`)."""
+catalog drift in the middle of a listing (set through `/_sim/faults` and `/_sim/drift`).
+
+Faults stack: each `POST /_sim/faults` adds one with its own id, and they stay until their
+`count` is used up or they are removed (`DELETE /_sim/faults[/{id}]`). A request meets them in
+the order they were added; the first that fires answers it, the others never see it."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ FAULT_TARGETS = ("listing", "lookup")
 
 @dataclass(slots=True)
 class Fault:
+    id: int = 0
     rate: float = 1.0
     status: int | None = None  # None: latency only; 0: malformed JSON with 200
     latency_ms: int = 0
@@ -30,6 +35,32 @@ class Fault:
         if self.paths is not None and not path.startswith(self.paths):
             return False
         return self.only is None or self.only == target
+
+    def as_dict(self) -> dict[str, Any]:
+        """What `GET /_sim/faults` shows: `count` and `skip` as they are now (remaining)."""
+        return {"id": self.id, "rate": self.rate, "status": self.status,
+                "latency_ms": self.latency_ms, "count": self.count, "skip": self.skip,
+                "paths": self.paths, "only": self.only, "empty_listing": self.empty_listing}
+
+
+def fire(faults: list[Fault], path: str, target: str | None) -> Fault | None:
+    """The fault that answers this request, if any (call under the state's lock). Each
+    applicable fault in turn spends its `skip`, then rolls its `rate`; the first that fires
+    spends one of its `count` and is dropped from `faults` once that is used up."""
+    for fault in faults:
+        if not fault.applies_to(path, target):
+            continue
+        if fault.skip > 0:
+            fault.skip -= 1
+            continue
+        if fault.rng.random() >= fault.rate:
+            continue
+        if fault.count is not None:
+            fault.count -= 1
+            if fault.count <= 0:
+                faults.remove(fault)
+        return fault
+    return None
 
 
 @dataclass(slots=True)

@@ -44,7 +44,10 @@ def run(
         api_hash=api_hash,
         api_secret=api_secret,
     )
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info")
+    # log_config=None: uvicorn's lines go through the logging of whoever runs us (keysync's
+    # CLI configures it) instead of handlers and a format of uvicorn's own.
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info", log_config=None,
+                access_log=False)
 
 
 class SimServer:
@@ -67,7 +70,8 @@ class SimServer:
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(
-            uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on")
+            uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",
+                           log_config=None)
         )
         self._thread: threading.Thread | None = None
 

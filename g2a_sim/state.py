@@ -1,5 +1,5 @@
 """The simulator's mutable state: the catalog as it changes, orders, keys, stats, and the
-armed fault and drift. Plain Python guarded by one lock; the HTTP modules only translate."""
+armed faults and drift. Plain Python guarded by one lock; the HTTP modules only translate."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ class SimState:
         self.rate_limit = TokenBucket(rate_limit_per_min)
         self.key_delay_s = key_delay_s
         self.funds = to_cents(funds)
-        self.fault: Fault | None = None
+        self.faults: list[Fault] = []  # in the order they were added (g2a_sim.faults)
         self.drift: Drift | None = None
         self.stats = Stats()
         self.on_complete = on_complete

@@ -138,7 +138,8 @@ def _try_again(job: JobContext, deps: SyncDeps, kind: str, reason: str, delay_ms
     bound = log.bind(kind=kind, retries=retries, failures=failures, reason=reason)
     if retries < _MAX_RETRIES and retry_policy(job.resources).allows(elapsed_ms, delay_ms):
         if lock_held is not None:
-            bound.info("sync.deferred_lock_held", holder=lock_held.holder, retry_in_ms=delay_ms)
+            # Debug: the worker's `job deferred` line (info) says it, with this reason.
+            bound.debug("sync.deferred_lock_held", holder=lock_held.holder, retry_in_ms=delay_ms)
         else:
             bound.warning("sync.retry_scheduled", retry_in_ms=delay_ms)
         raise dramatiq.Retry(reason, delay=delay_ms)

@@ -1,5 +1,9 @@
 """structlog configuration: console or JSON (LOG_FORMAT), context bound per job/request.
 
+Every process (web, worker, scheduler, CLI) calls `configure_logging` once: structlog's
+lines and the standard library's (dramatiq's, uvicorn's with `log_config=None`, APScheduler's)
+go through the same root handler and renderer, with one timestamp format (ISO 8601, UTC).
+
 Secrets are never passed to loggers; as a second line of defence the `_redact` processor
 masks values of keys that look like credentials, whatever the caller bound.
 """
@@ -85,8 +89,14 @@ def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
         "uvicorn.access",
         "apscheduler.executors.default",
         "alembic",
+        # "Retrying message … in N ms" and "Aborting message …" for every deferral: the
+        # worker's own outcome line (`job deferred`, `job dead-lettered`) says it once.
+        "dramatiq.middleware.retries.Retries",
     ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # dramatiq's per-message lines ("Failed to process message … with unhandled exception",
+    # "… was skipped") repeat the worker's outcome line, which carries the traceback.
+    logging.getLogger("dramatiq.worker.WorkerThread").setLevel(logging.CRITICAL)
 
 
 def _noop(_: Any, __: str, event: EventDict) -> EventDict:

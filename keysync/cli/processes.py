@@ -7,7 +7,6 @@ misconfigured process fails at once with exit 2 naming the variable.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -27,8 +26,20 @@ def serve(host: str, port: int, workers: int) -> None:
     settings.require("database_url", "redis_url", "broker_url")
     import uvicorn
 
-    uvicorn.run("web.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_config=None, access_log=False)
+    # log_config=None: uvicorn installs no handlers of its own, its lines go through ours.
+    uvicorn.run("keysync.cli.processes:web_app", factory=True, host=host, port=port,
+                workers=workers, log_config=None, access_log=False)
+
+
+def web_app() -> Any:
+    """uvicorn's app factory, called in each of its processes: with `--workers` above 1 they
+    are spawned afresh and would start without our logging configuration."""
+    from keysync.logging import configure_logging
+    from web.app import create_app
+
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app()
 
 
 @click.command()
@@ -39,9 +50,15 @@ def worker(processes: int, threads: int) -> None:
     settings = get_settings()
     settings.require_secrets()
     settings.require("database_url", "redis_url", "broker_url")
-    args = ["dramatiq", "jobs", "--processes", str(processes), "--threads", str(threads),
-            "--skip-logging"]
-    os.execvp(sys.executable, [sys.executable, "-m", *args])
+    from dramatiq.cli import main as dramatiq_main
+    from dramatiq.cli import make_argument_parser
+
+    # dramatiq's own main, in this process (not an exec): its parent process keeps the
+    # logging this command configured, and each worker process configures ours again as
+    # it boots (`worker._logging`). `--skip-logging`: no `basicConfig` of dramatiq's anywhere.
+    args = make_argument_parser().parse_args(  # type: ignore[no-untyped-call]
+        ["jobs", "--processes", str(processes), "--threads", str(threads), "--skip-logging"])
+    sys.exit(dramatiq_main(args))  # type: ignore[no-untyped-call]
 
 
 @click.command()
@@ -76,16 +93,42 @@ def g2a_sim(webhook_secret: str | None, **options: Any) -> None:
     """A local G2A Export API simulator (CONTRACT §6) for tests, `keysync up` and benchmarks.
 
     \b
-    Test controls (JSON bodies; docs/sync.md "Simulator controls"):
-      POST /_sim/faults {rate, status, latency_ms, count, skip, paths, only, empty_listing}
-           inject errors (status 0 = malformed JSON) or latency; `skip` requests pass
-           first, then `count` are hit; `only`: "listing" or "lookup" (?id=);
-           `empty_listing`: listings answer 200 {total: 0, docs: []}
-      DELETE /_sim/faults
-      POST /_sim/drift {after, remove_id?}   after N listing requests remove a product
-           from page 1 and add one at the end (total unchanged); DELETE /_sim/drift
-      POST /_sim/mutate {changed, added, removed, out_of_stock}
-      GET /_sim/stats, POST /_sim/reset, POST /_sim/config {rate_limit_per_min, ...}
+    Credentials it accepts (the one `Authorization` header the Export API expects,
+    `{hash}, sha256_hex(hash + email + secret)`): G2A_EMAIL, G2A_API_HASH and
+    G2A_API_SECRET when set (so keysync and the simulator agree), otherwise its own
+    email `sim@keysync.local`, hash `sim-api-hash`, secret `sim-api-secret`.
+    Anything else is 401 AUTH02. Webhooks (--webhook-url) are signed with
+    --webhook-secret / G2A_SIM_WEBHOOK_SECRET, else the first of WEBHOOK_SECRETS.
+
+    \b
+    Test controls under /_sim (JSON bodies, no auth; docs/operations.md):
+      POST   /_sim/faults  add a fault; answers {ok, id}. Faults stack: each stays
+             until its count is used up or it is removed; a request meets them in
+             the order they were added and the first that fires answers it.
+               rate          0..1, chance an eligible request is hit (default 1)
+               status        HTTP status to answer (G2A error body); 0 = malformed
+                             JSON with 200; 429 adds Retry-After; none = latency only
+               latency_ms    delay before answering
+               count         hits before the fault removes itself (default: never)
+               skip          eligible requests let through first
+               paths         only requests whose path starts with this (/v1/order)
+               only          "listing" (/v1/products without id) or "lookup" (?id=)
+               empty_listing listings answer 200 {total: 0, docs: []}
+      GET    /_sim/faults  the active faults, {faults: [{id, ...remaining count/skip}]}
+      DELETE /_sim/faults  remove every fault;  DELETE /_sim/faults/{id}  remove one
+      POST   /_sim/drift   {after, remove_id?}: after N listing requests remove a
+             product from page 1 and add one at the end (total unchanged), once
+      DELETE /_sim/drift   disarm it
+      POST   /_sim/mutate  {changed, added, removed, out_of_stock}: change products and
+             bump their updated_at; answers the ids of each
+      POST   /_sim/config  {rate_limit_per_min (0 = unlimited), key_delay_s (seconds
+             a paid order's key answers ORD03 first), funds (EUR in the account;
+             an order above it is 403 ORD112)}; unknown fields are 400
+      GET    /_sim/stats   requests (and by path), rate_limited, faults_injected,
+             listing_requests, lookups, orders_created, orders_paid, payments,
+             keys_issued, key_requests_rejected, drift, products, funds,
+             webhooks_delivered
+      POST   /_sim/reset   zero the stats
     """
     from g2a_sim.server import run
 

@@ -102,7 +102,8 @@ def _run(deps: SyncDeps, kind: SyncKind, on_progress: OnProgress | None,
         _record_crash(deps, kind, exc, started_at)
         raise
     if not acquired:
-        log.info("sync.lock_held", kind=kind.value, holder=holder)
+        # Debug: whoever catches LockHeld says what it does about it (skips, defers, exits 3).
+        log.debug("sync.lock_held", kind=kind.value, holder=holder)
         raise LockHeld(holder, kind=kind.value)
     try:
         return _run_locked(deps, kind, lock, on_progress, allow_mass_removal)
@@ -163,7 +164,7 @@ class _Run:
         self.on_progress = on_progress
         self.started = time.monotonic()
         self.started_at = deps.clock()
-        self.requests_before = deps.client.requests_made
+        self.counts_before = deps.client.counts()
         self.run_id: uuid.UUID | None = None  # the sync_runs row, once open()
         self.result = SyncResult(run_id=None, kind=kind.value,
                                  status=SyncStatus.RUNNING.value, fence_token=self.fence)
@@ -236,7 +237,8 @@ class _Run:
         result.error_detail = (result.error_detail or listing.error_detail
                                or removal.error_detail)
         result.products_seen = len(self.writer.seen)
-        result.requests = self.deps.client.requests_made - self.requests_before
+        g2a = self.deps.client.counts().since(self.counts_before)
+        result.requests = g2a.requests
         result.duration_s = round(time.monotonic() - self.started, 3)
         try:
             if self.writer.changed:
@@ -254,14 +256,16 @@ class _Run:
                                ("unchanged", result.unchanged), ("removed", result.removed),
                                ("error", result.errors)):
             SYNC_PRODUCTS.labels(self.kind.value, outcome).inc(count)
-        # A failed run is an operator's business (error); a partial one is retried or, when
-        # the removal guard stopped it, has its own error line with the alert.
+        # The run's one summary line (G2A's per-request lines are debug). A failed run is an
+        # operator's business (error); a partial one is retried or, when the removal guard
+        # stopped it, has its own error line with the alert.
         log_at = {SyncStatus.SUCCEEDED: self.bound.info,
                   SyncStatus.PARTIAL: self.bound.warning}.get(status, self.bound.error)
         log_at("sync.finished", status=result.status, added=result.added,
                updated=result.updated, unchanged=result.unchanged, removed=result.removed,
                errors=result.errors, pages=result.pages, requests=result.requests,
-               duration_s=result.duration_s, error_detail=result.error_detail)
+               retries=g2a.retries, faults=g2a.faults, duration_s=result.duration_s,
+               error_detail=result.error_detail)
 
     def _publish(self, *, final: bool) -> None:
         publish_progress(self.deps.redis, self.result, self.listing, self.started_at,

@@ -13,6 +13,7 @@ import json
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,6 +26,7 @@ import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
+from services.g2a.counts import RequestCounts
 from services.g2a.errors import (
     G2AProtocolError,
     G2ARateLimited,
@@ -91,6 +93,8 @@ class G2AClient:
         self._backoff = wait_random_exponential(multiplier=base_wait_s, max=max_wait_s)
         self._sleep = sleep
         self.requests_made = 0
+        self._retries = 0
+        self._faults: Counter[str] = Counter()
         # Listing pages are fetched from several threads at once; keep the count exact.
         self._count_lock = threading.Lock()
 
@@ -191,12 +195,23 @@ class G2AClient:
         data = self._call(method, path, endpoint, order_id=order_id)
         return parse_answer(answer, data, endpoint)
 
+    def counts(self) -> RequestCounts:
+        """A snapshot of this client's request figures (for a run's summary line)."""
+        with self._count_lock:
+            return RequestCounts(self.requests_made, self._retries, dict(self._faults))
+
     # -- transport --------------------------------------------------------------------
+
+    def _count_fault(self, status: int | str) -> None:
+        with self._count_lock:
+            self._faults[str(status)] += 1
 
     def _count_request(self, endpoint: str, status: int | str, started: float) -> None:
         """Count a request that reached G2A (or may have) in this client and in metrics."""
         with self._count_lock:
             self.requests_made += 1
+            if not isinstance(status, int) or status >= 400:
+                self._faults[str(status)] += 1
         G2A_REQUESTS.labels(endpoint, str(status)).inc()
         G2A_REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
         if status == 429:
@@ -223,6 +238,9 @@ class G2AClient:
         content = json.dumps(json_body).encode() if json_body is not None else None
         result: dict[str, Any] = {}
         for attempt in retrying:
+            if attempt.retry_state.attempt_number > 1:
+                with self._count_lock:
+                    self._retries += 1
             with attempt:
                 result = self._attempt(
                     method,
@@ -275,17 +293,18 @@ class G2AClient:
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             G2A_REQUESTS.labels(endpoint, "unreachable").inc()
-            bound.warning("g2a.request_failed", error=type(exc).__name__, sent=False)
+            self._count_fault("unreachable")
+            bound.debug("g2a.request_failed", error=type(exc).__name__, sent=False)
             raise G2AUnavailable(
                 "CONNECT", f"{type(exc).__name__}: {exc}", None, request_sent=False
             ) from exc
         except httpx.TimeoutException as exc:
             self._count_request(endpoint, "timeout", started)
-            bound.warning("g2a.request_failed", error=type(exc).__name__, sent=True)
+            bound.debug("g2a.request_failed", error=type(exc).__name__, sent=True)
             raise G2AUnavailable("TIMEOUT", f"{type(exc).__name__}: {exc}", None) from exc
         except httpx.TransportError as exc:
             self._count_request(endpoint, "error", started)
-            bound.warning("g2a.request_failed", error=type(exc).__name__, sent=True)
+            bound.debug("g2a.request_failed", error=type(exc).__name__, sent=True)
             raise G2AUnavailable("NETWORK", f"{type(exc).__name__}: {exc}", None) from exc
         self._count_request(endpoint, response.status_code, started)
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -303,11 +322,11 @@ class G2AClient:
                 status,
                 retry_after_seconds(response.headers.get("Retry-After")),
             )
-            bound.warning(
+            bound.debug(
                 "g2a.request", status=status, latency_ms=latency_ms, error_code=error.code
             )
             raise error
-        bound.info("g2a.request", status=status, latency_ms=latency_ms)
+        bound.debug("g2a.request", status=status, latency_ms=latency_ms)
         if data is None:
             raise _UnparseableBody("MALFORMED", f"{endpoint} answered {status} with non-JSON")
         if not isinstance(data, dict):
@@ -366,6 +385,7 @@ def _format_price(value: Decimal) -> str:
 
 __all__ = [
     "G2AClient",
+    "RequestCounts",
     "auth_header",
     "make_client",
     "make_http",

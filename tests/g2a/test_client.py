@@ -92,6 +92,8 @@ def test_order_flow_and_typed_errors(sim: SimServer, make_g2a: MakeClient) -> No
 
 
 def _fault(sim: SimServer, **spec: object) -> None:
+    """The one fault from now on (faults stack: whatever was still armed goes first)."""
+    httpx.delete(sim.url + "/_sim/faults").raise_for_status()
     httpx.post(sim.url + "/_sim/faults", json=spec).raise_for_status()
 
 

@@ -115,3 +115,67 @@ def test_drift_by_id_and_bad_input(fresh: httpx.Client) -> None:
     assert fresh.delete("/_sim/drift").status_code == 200
     assert stats(fresh)["drift"] is None
     assert fresh.get("/v1/products", headers=AUTH).status_code == 200
+
+
+def test_faults_stack_are_listed_and_removed_one_by_one_or_all(fresh: httpx.Client) -> None:
+    assert fresh.get("/_sim/faults").json() == {"faults": []}
+    first = fresh.post("/_sim/faults", json={"status": 500, "only": "lookup"}).json()
+    second = fresh.post("/_sim/faults", json={"status": 503, "only": "listing", "skip": 1,
+                                              "count": 3}).json()
+    assert first["ok"] and second["ok"] and first["id"] != second["id"]
+    listed = fresh.get("/_sim/faults").json()["faults"]
+    assert [(f["id"], f["status"], f["only"], f["count"], f["skip"]) for f in listed] == [
+        (first["id"], 500, "lookup", None, 0), (second["id"], 503, "listing", 3, 1)]
+    assert {"rate", "latency_ms", "paths", "empty_listing"} <= set(listed[0])
+
+    # The second did not replace the first: both answer their own requests.
+    pid = products(fresh).json()["docs"][0]["id"]  # the listing fault's skip
+    assert products(fresh, id=pid).status_code == 500
+    assert products(fresh).status_code == 503
+    assert fresh.get("/_sim/faults").json()["faults"][1]["count"] == 2  # remaining
+
+    assert fresh.delete(f"/_sim/faults/{first['id']}").json() == {"ok": True, "removed": 1}
+    assert products(fresh, id=pid).status_code == 200
+    assert fresh.delete(f"/_sim/faults/{first['id']}").status_code == 404
+    assert [f["id"] for f in fresh.get("/_sim/faults").json()["faults"]] == [second["id"]]
+    assert fresh.delete("/_sim/faults").json() == {"ok": True, "removed": 1}
+    assert products(fresh).status_code == 200
+    assert fresh.get("/_sim/faults").json() == {"faults": []}
+
+
+def test_a_fault_whose_count_is_used_up_leaves_the_list(fresh: httpx.Client) -> None:
+    fresh.post("/_sim/faults", json={"status": 502, "count": 1})
+    fresh.post("/_sim/faults", json={"latency_ms": 1})
+    assert products(fresh).status_code == 502
+    assert [f["latency_ms"] for f in fresh.get("/_sim/faults").json()["faults"]] == [1]
+    assert products(fresh).status_code == 200
+
+
+def test_config_sets_funds_key_delay_and_rate_and_refuses_unknown_fields(
+    fresh: httpx.Client,
+) -> None:
+    assert fresh.post("/_sim/config", json={"funds": "12.50", "key_delay_s": 0,
+                                            "rate_limit_per_min": 0}).json() == {"ok": True}
+    assert stats(fresh)["funds"] == 12.5
+    refused = fresh.post("/_sim/config", json={"fund": 5})
+    assert refused.status_code == 400 and "fund" in refused.json()["error"]
+
+
+def test_g2a_sim_help_lists_every_control_and_the_credentials() -> None:
+    from click.testing import CliRunner
+
+    from keysync.cli import main
+
+    text = CliRunner().invoke(main, ["g2a-sim", "--help"]).output
+    for control in ("POST   /_sim/faults", "GET    /_sim/faults", "DELETE /_sim/faults",
+                    "DELETE /_sim/faults/{id}", "POST   /_sim/drift", "DELETE /_sim/drift",
+                    "POST   /_sim/mutate", "POST   /_sim/config", "GET    /_sim/stats",
+                    "POST   /_sim/reset"):
+        assert control in text, control
+    for field in ("rate", "status", "latency_ms", "count", "skip", "paths", "only",
+                  "empty_listing", "funds", "key_delay_s", "rate_limit_per_min",
+                  "remove_id", "changed", "added", "removed", "out_of_stock"):
+        assert field in text, field
+    for credential in ("G2A_EMAIL", "G2A_API_HASH", "G2A_API_SECRET", "sim@keysync.local",
+                       "sim-api-hash", "sim-api-secret", "WEBHOOK_SECRETS"):
+        assert credential in text, credential

@@ -133,6 +133,7 @@ def test_a_failing_lookup_keeps_the_product_and_makes_the_run_partial(
 
     # One look-up fails (all 5 attempts), the other two answer: only those two go. One
     # fetch thread, so the 5 faults all land on the first look-up.
+    httpx.delete(sim.url + "/_sim/faults", timeout=5.0).raise_for_status()  # faults stack
     sim_post(sim, "/_sim/faults", {"status": 500, "only": "lookup", "count": 5})
     mixed = run_catalog_sync(dataclasses.replace(synced, concurrency=1), full=True)
     assert mixed.status == "partial" and mixed.errors == 1 and mixed.removed == 2
