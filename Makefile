@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-faults bench lint typecheck check clean
+.PHONY: run test test-faults bench lint typecheck check clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,16 @@ run: $(STAMP)
 
 ## The test suite against real Postgres and Redis (TEST_DATABASE_URL/TEST_REDIS_URL, or
 ## throwaway servers started by the suite itself).
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+## Debian's Chromium for the console's browser tests (tests/browser): installed when missing
+## (as root), otherwise the command to run is printed; the tests fail when CI is set.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	else echo "browser tests need Chromium: sudo apt-get install chromium" >&2; fi
 
 bench: $(STAMP)
 	@for script in bench/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

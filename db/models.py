@@ -196,7 +196,9 @@ class Order(Base):
     __tablename__ = "orders"
     __table_args__ = (
         Index("orders_user_created", "user_id", "created_at"),
-        Index("orders_status", "status"),
+        # The console's order lists, newest first: all, or of one status.
+        Index("orders_status_created", "status", "created_at"),
+        Index("orders_created", "created_at"),
         # `keysync orders --stuck`: the few open orders by age, without reading the rest.
         Index(
             "orders_open_created",
@@ -294,6 +296,11 @@ class WebhookEvent(Base):
         # The operators' inbox (`keysync webhooks`): newest first, all or by outcome.
         Index("webhook_events_received", "received_at"),
         Index("webhook_events_outcome_received", "outcome", "received_at"),
+        # An order's events (its console timeline), as `services.webhooks` finds them.
+        Index("webhook_events_data_order_id",
+              text("((payload -> 'data'::text) ->> 'order_id'::text)")),
+        Index("webhook_events_data_external_order_id",
+              text("((payload -> 'data'::text) ->> 'external_order_id'::text)")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)

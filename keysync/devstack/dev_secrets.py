@@ -20,7 +20,7 @@ from keysync.settings import (
 SECRETS_FILE = "secrets.json"
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Replace `path` atomically with a file only its owner may read (0600 from birth)."""
     tmp = path.with_name(f"{path.name}.tmp")
     tmp.unlink(missing_ok=True)
@@ -78,7 +78,7 @@ def up_secrets(data_dir: Path, settings: Settings, say: Callable[[str], None]) -
                 "and stored game keys made with the old secrets become unusable)",
             ) from None
     if generated:
-        _write_private(path, json.dumps(stored, indent=2) + "\n")
+        write_private(path, json.dumps(stored, indent=2) + "\n")
         say(f"generated {', '.join(generated)} (kept in {path}, mode 0600)")
     from_file = [v for v in chosen if v in stored and v not in generated]
     if from_file:

@@ -17,6 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from keysync.devstack.dev_admin import (
+    ADMIN_FILE,
+    DEV_ADMIN_EMAIL,
+    DevAdmin,
+    announce_lines,
+    ensure_dev_admin,
+)
 from keysync.devstack.dev_secrets import up_secrets
 from keysync.devstack.procs import port_free, wait_port
 from keysync.devstack.stack import Stack
@@ -31,6 +40,7 @@ from keysync.embedded import (
 )
 from keysync.exit_codes import ExitCode
 from keysync.settings import Settings, SettingsError
+from services.errors import DomainError
 
 # The simulator accepts any credentials it is started with; these are dev-only values,
 # wired into the simulator and into our processes alike.
@@ -223,6 +233,7 @@ def _bring_up(
     if migrate != 0:
         stack.say("up", f"migrations failed (exit {migrate}); stopping")
         return failed(migrate or ExitCode.UNREACHABLE)
+    admin = _dev_admin(stack, settings)
 
     if not settings.g2a_api_url and not _start_simulator(
         stack, options.port, options.sim_products
@@ -243,17 +254,28 @@ def _bring_up(
     stack.spawn("worker", "worker")
     stack.spawn("scheduler", "scheduler")
     if wait_port(options.port, 60, stack.stop):
-        _announce(stack, settings, options)
+        _announce(stack, settings, options, admin)
     return _supervise(stack)
 
 
-def _announce(stack: Stack, settings: Settings, options: UpOptions) -> None:
+def _dev_admin(stack: Stack, settings: Settings) -> DevAdmin:
+    """The console's development admin; a failure costs the sign-in hint, not the stack."""
+    try:
+        return ensure_dev_admin(stack.data_dir,
+                                settings.database_url or stack.env["DATABASE_URL"])
+    except (SQLAlchemyError, DomainError, OSError, ValueError) as exc:
+        return DevAdmin(email=DEV_ADMIN_EMAIL, path=stack.data_dir / ADMIN_FILE, password=None,
+                        note=f"no development admin ({type(exc).__name__}: {exc})")
+
+
+def _announce(stack: Stack, settings: Settings, options: UpOptions, admin: DevAdmin) -> None:
     host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
     api = f"http://{host}:{options.port}"
     env = stack.env
     for line in (
         "keysync is up:",
         f"  API        {api}   (docs {api}/docs, metrics {api}/metrics)",
+        *announce_lines(admin, f"{api}/admin"),
         f"  G2A        {settings.g2a_api_url or env['G2A_API_URL']}",
         f"  Postgres   {_mask(settings.database_url or env['DATABASE_URL'])}",
         f"  Redis      {_mask(settings.redis_url or env['REDIS_URL'])}",

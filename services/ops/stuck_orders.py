@@ -119,6 +119,12 @@ def list_orders(
     return OrderOpsList(items=items, total=int(total))
 
 
+def reason(session: Session, order_id: uuid.UUID,
+           broker_redis: redis.Redis | None = None) -> str:
+    """Why one open order has not finished, as `--stuck` words it (an order's timeline)."""
+    return _reasons(session, [order_id], broker_redis)[order_id].reason()
+
+
 def _reasons(session: Session, order_ids: list[uuid.UUID],
              broker_redis: redis.Redis | None) -> dict[uuid.UUID, _Evidence]:
     evidence = {order_id: _Evidence() for order_id in order_ids}

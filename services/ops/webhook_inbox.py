@@ -50,7 +50,7 @@ def _outcome(event: WebhookEvent) -> InboxOutcome:
     return InboxOutcome(event.outcome)
 
 
-def _view(event: WebhookEvent) -> WebhookEventView:
+def event_view(event: WebhookEvent) -> WebhookEventView:
     data: dict[str, Any] = event.payload.get("data") or {}
     return WebhookEventView(
         event_id=event.event_id, type=event.type,
@@ -77,7 +77,7 @@ def list_events(session: Session, *, outcome: InboxOutcome | None = None, limit:
         .offset(offset).limit(limit)
     ).all()
     total = session.scalar(select(func.count()).select_from(WebhookEvent).where(*where)) or 0
-    return WebhookList(items=[_view(r) for r in rows], total=int(total))
+    return WebhookList(items=[event_view(r) for r in rows], total=int(total))
 
 
 def _reset(session: Session, broker: dramatiq.Broker, condition: ColumnElement[bool],

@@ -1,0 +1,75 @@
+"""Schemathesis over the console's JSON twins (`/admin/api/*`) as an admin, a signed-in
+non-admin and nobody: valid and invalid inputs, never a 5xx or a trace, every answer the
+one the schema documents; the non-admin is always 403, nobody always 401, and neither
+changes anything.
+
+The app under test serves the twins' router alone, with the app's error handlers and
+resources (so the schema is theirs only and every example lands on a twin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+
+from keysync.resources import Resources
+from tests.faults.support import Figures
+from tests.fuzz.test_api_fuzz import CONFORMANCE, _assert_clean, _counts, _fuzz
+from tests.order_flows import place_order
+from tests.order_helpers import make_game, make_user
+from tests.web.admin.api_helpers import bearer, make_admin
+from web.admin import api
+from web.errors import install_error_handlers
+
+EXPECTED = {"admin": None, "user": 403, "anonymous": 401}
+
+
+def twins_app(resources: Resources) -> FastAPI:
+    app = FastAPI(title="keysync console API")
+    app.state.resources = resources
+    install_error_handlers(app)
+    app.include_router(api.router)
+    return app
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("who", list(EXPECTED))
+def test_admin_api_conforms_and_refuses_non_admins(
+    who: str, resources: Resources, figures: Figures,
+) -> None:
+    game = make_game(resources.sessions)
+    place_order(resources, [(game, 1)])  # an order to list and to find now and then
+    headers: dict[str, str] = {}
+    if who == "admin":
+        headers = bearer(resources, make_admin(resources)[0])
+    elif who == "user":
+        headers = bearer(resources, make_user(resources.sessions))
+    statuses: dict[int, int] = {}
+    before = {"counts": _counts(resources)}
+
+    def check(case: Any, response: Any) -> None:
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (case.method, case.formatted_path, case.body,
+                                            response.text)
+        case.validate_response(response, checks=[not_a_server_error, *CONFORMANCE])
+        _assert_clean(case, response)
+        expected = EXPECTED[who]
+        if expected is not None:
+            # Identity is decided before any query or path input; only a body that does not
+            # parse as JSON is refused before it (400/422). Never an answer, never a change.
+            allowed = {expected} if case.method == "GET" else {expected, 400, 422}
+            assert response.status_code in allowed, (
+                case.method, case.formatted_path, response.text)
+        if 400 <= response.status_code < 500:
+            assert _counts(resources) == before["counts"], (case.method, case.formatted_path)
+        before["counts"] = _counts(resources)
+
+    _fuzz(twins_app(resources), headers, check, figures,
+          (GenerationMode.POSITIVE, GenerationMode.NEGATIVE))
+    figures.notes["statuses"] = dict(sorted(statuses.items()))
+    assert sum(statuses.values()) >= 11 * 2  # every twin, both modes
+    if who == "admin":
+        assert any(200 <= s < 300 for s in statuses) and 422 in statuses
