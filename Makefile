@@ -19,6 +19,7 @@ run: $(STAMP)
 
 ## The test suite against real Postgres and Redis (TEST_DATABASE_URL/TEST_REDIS_URL, or
 ## throwaway servers started by the suite itself).
+PYTEST_ARGS ?= -n 2
 test: $(STAMP) browser
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
