@@ -3,6 +3,8 @@ for dead letters (CONTRACT §8)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 from rich.console import Console
 
@@ -62,21 +64,28 @@ def _repair(kind: str, ids: tuple[str, ...], all_: bool, actor: str | None,
         Console().print(f"{kind}: {count} dead letter(s)")
 
 
+def _dead_letters(command: Callable[..., None]) -> Callable[..., None]:
+    """The selection both repairs take: ids, or --all (of --actor), and --json."""
+    for option in reversed((
+        click.argument("ids", nargs=-1),
+        click.option("--all", "all_", is_flag=True,
+                     help="every dead letter (of --actor, if given)"),
+        click.option("--actor", default=None, help="only dead letters of this actor"),
+        JSON,
+    )):
+        command = option(command)
+    return command
+
+
 @jobs.command()
-@click.argument("ids", nargs=-1)
-@click.option("--all", "all_", is_flag=True, help="every dead letter (of --actor, if given)")
-@click.option("--actor", default=None, help="only dead letters of this actor")
-@JSON
+@_dead_letters
 def retry(ids: tuple[str, ...], all_: bool, actor: str | None, as_json: bool) -> None:
     """Re-enqueue dead letters by message id (or --all): one more attempt each."""
     _repair("retry", ids, all_, actor, as_json)
 
 
 @jobs.command()
-@click.argument("ids", nargs=-1)
-@click.option("--all", "all_", is_flag=True, help="every dead letter (of --actor, if given)")
-@click.option("--actor", default=None, help="only dead letters of this actor")
-@JSON
+@_dead_letters
 def discard(ids: tuple[str, ...], all_: bool, actor: str | None, as_json: bool) -> None:
     """Delete dead letters by message id (or --all) for good."""
     _repair("discard", ids, all_, actor, as_json)

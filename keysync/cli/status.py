@@ -14,6 +14,7 @@ from rich.text import Text
 
 from keysync.exit_codes import ExitCode
 from keysync.settings import get_settings
+from services.ops.display import number_text
 
 # The report is the JSON document `--json` prints (its shape is fixed, sections may be
 # null), so the renderer reads it as JSON rather than as typed objects.
@@ -94,17 +95,6 @@ def _row(table: Table, *cells: str | Text) -> None:
     table.add_row(*(c if isinstance(c, Text) else Text(c) for c in cells))
 
 
-def _n(value: object) -> str:
-    """A cell for a number (or nothing when unknown)."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.1f}" if value % 1 else f"{int(value):,}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
-
-
 def _checks(report: Report, console: Console) -> None:
     table = _table("checks", "check", "state", "detail")
     table.columns[0].no_wrap = True
@@ -121,7 +111,7 @@ def _dependencies(report: Report, console: Console) -> None:
     for name in ("database", "redis", "broker"):
         probe = report[name]
         state = Text("ok", "green") if probe["ok"] else Text("DOWN", "bold red")
-        _row(table, name, state, _n(probe["latency_ms"]), probe["error"] or "")
+        _row(table, name, state, number_text(probe["latency_ms"]), probe["error"] or "")
     console.print(table)
 
 
@@ -132,12 +122,12 @@ def _queues(report: Report, console: Console) -> None:
         for label, key in (("ready", "ready"), ("delayed", "delayed"),
                            ("in progress", "in_progress"), ("dead", "dead"),
                            ("oldest ready s", "oldest_ready_s")):
-            _row(table, label, *(_n(report["queues"][q][key]) for q in names))
+            _row(table, label, *(number_text(report["queues"][q][key]) for q in names))
         console.print(table)
     if report["dead_letters"]:
         table = _table("dead letters", "actor", "jobs", numeric=("jobs",))
         for actor, count in sorted(report["dead_letters"].items()):
-            _row(table, actor, _n(count))
+            _row(table, actor, number_text(count))
         console.print(table)
 
 
@@ -148,7 +138,7 @@ def _workers(report: Report, console: Console) -> None:
                    numeric=("last beat s", "started (UTC)"))
     for beat in report["workers"]:
         started = (beat["started_at"] or "")[:16].replace("T", " ")
-        _row(table, beat["id"], started, _n(beat["last_beat_s"]),
+        _row(table, beat["id"], started, number_text(beat["last_beat_s"]),
                       "stopped" if beat["stopped"] else "running")
     console.print(table)
 
@@ -163,11 +153,11 @@ def _sync(report: Report, console: Console) -> None:
         _row(table, "holder", lock["holder"] or "free (nobody holds it)")
         if lock["held"]:
             _row(table, "run", lock["run_id"] or "-")
-            _row(table, "ms left", _n(lock["ttl_ms"]))
-        _row(table, "fence", _n(lock["fence"]))
+            _row(table, "ms left", number_text(lock["ttl_ms"]))
+        _row(table, "fence", number_text(lock["fence"]))
         for key, value in lock["progress"].items():
             if key != "run_id" or value != lock["run_id"]:
-                _row(table, f"progress {key}", _n(value))
+                _row(table, f"progress {key}", number_text(value))
         console.print(table)
     if report["last_runs"] is not None:
         runs = report["last_runs"]
@@ -182,7 +172,7 @@ def _sync(report: Report, console: Console) -> None:
         for field in ("duration_s", "added", "updated", "unchanged", "removed", "errors",
                       "pages", "requests"):
             _row(table, field.replace("_s", " s"),
-                 *(_n(run[field]) if run else "-" for run in runs.values()))
+                 *(number_text(run[field]) if run else "-" for run in runs.values()))
         console.print(table)
     guard = report["removal_guard"]
     if guard and guard["active"]:
@@ -193,16 +183,17 @@ def _sync(report: Report, console: Console) -> None:
 def _backlogs(report: Report, console: Console) -> None:
     table = _table("backlogs", "what", "count", "oldest s", numeric=("count", "oldest s"))
     cache, jobs = report["cache"], report["job_outbox"]
-    _row(table, "cache outbox", _n(cache["outbox_pending"]), _n(cache["outbox_oldest_s"]))
-    _row(table, "job outbox", _n(jobs["pending"]), _n(jobs["oldest_s"]))
+    _row(table, "cache outbox", number_text(cache["outbox_pending"]),
+         number_text(cache["outbox_oldest_s"]))
+    _row(table, "job outbox", number_text(jobs["pending"]), number_text(jobs["oldest_s"]))
     hooks = report["webhook_events"]
     if hooks is not None:
         for outcome, count in hooks["by_outcome"].items():
             oldest = hooks["oldest_pending_s"] if outcome == "pending" else None
-            _row(table, f"webhooks {outcome}", _n(count), _n(oldest))
+            _row(table, f"webhooks {outcome}", number_text(count), number_text(oldest))
     stuck = report["stuck_orders"]
     if stuck is not None:
-        _row(table, "stuck orders", _n(stuck["count"]), _n(stuck["oldest_s"]))
+        _row(table, "stuck orders", number_text(stuck["count"]), number_text(stuck["oldest_s"]))
     console.print(table)
 
 

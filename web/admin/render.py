@@ -15,6 +15,8 @@ from fastapi import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
+from services.ops.display import number_text
+
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.autoescape = True
@@ -48,21 +50,11 @@ def _seconds(value: Any) -> str:
     return f"{s / 86400:.1f} d"
 
 
-def _number(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.1f}" if value % 1 else f"{int(value):,}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
-
-
 def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str)
 
 
-templates.env.filters.update(when=_when, seconds=_seconds, number=_number, pretty=_pretty)
+templates.env.filters.update(when=_when, seconds=_seconds, number=number_text, pretty=_pretty)
 
 
 def page(request: Request, name: str, context: dict[str, Any], *,
