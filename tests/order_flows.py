@@ -4,8 +4,11 @@ back, check the invariants. The rows underneath come from `tests/order_helpers.p
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import dramatiq
+from dramatiq import Message
 from sqlalchemy import func, select
 
 from db.models import G2APurchase, Order, OrderItem, OrderStatus, Transaction, TransactionType
@@ -17,7 +20,9 @@ from services.orders import service as orders
 from services.orders import status as order_status
 from services.orders.fulfilment import Fulfiller
 from services.webhooks.service import enqueue_orphans
+from tests.helpers import stop_worker, wait_until
 from tests.order_helpers import make_user, sim_client, sim_stats
+from worker.enqueue import Actor
 
 
 def place_order(
@@ -82,3 +87,20 @@ def bearer(resources: Resources, user_id: uuid.UUID) -> dict[str, str]:
     """Authorization headers for `user_id`, as `POST /auth/login` would hand out."""
     token = tokens.issue(user_id, resources.settings.jwt_secret.get_secret_value(), 600)
     return {"Authorization": f"Bearer {token}"}
+
+
+def dead_letter_fulfilment(broker: Any, order_id: uuid.UUID, *,
+                           dead: Callable[[], bool]) -> None:
+    """The order's fulfilment fails for real until dramatiq dead-letters it (until `dead()`):
+    the worker that runs it has no G2A configuration (the suite's environment has none).
+    One retry, 10 ms apart, instead of the production ten over minutes."""
+    broker.client.delete("dramatiq:default", "dramatiq:default.msgs")  # what placing sent
+    broker.enqueue(Message(queue_name="default", actor_name=Actor.FULFIL_ORDER.value,
+                           args=(str(order_id),), kwargs={},
+                           options={"max_retries": 1, "min_backoff": 10, "max_backoff": 10}))
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        wait_until(dead, 30, "fulfilment dead-lettered")
+    finally:
+        stop_worker(broker, worker)

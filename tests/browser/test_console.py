@@ -12,10 +12,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import dramatiq
 import httpx
 import pytest
-from dramatiq import Message
 from sqlalchemy import insert, select, update
 
 from db.models import (
@@ -29,11 +27,12 @@ from db.models import (
 )
 from g2a_sim.server import SimServer
 from keysync.resources import Resources
+from services.ops.display import number_text
 from services.webhooks.service import sweep
 from tests.browser.conftest import ADMIN, make_user, sign_in, text_of
 from tests.cli.ops_helpers import cli_process
-from tests.helpers import LiveServer, stop_worker, wait_until
-from tests.order_flows import place_order
+from tests.helpers import LiveServer, wait_until
+from tests.order_flows import dead_letter_fulfilment, place_order
 from tests.order_helpers import signed_headers, sim_game, status_body
 from worker.enqueue import Actor
 from worker.inspect import BrokerInspector, State
@@ -64,20 +63,8 @@ def _backdate(resources: Resources, order_id: uuid.UUID, hours: float) -> None:
 
 
 def _dead_fulfilment(resources: Resources, broker: Any, order_id: uuid.UUID) -> None:
-    """The order's fulfilment fails for real until dramatiq dead-letters it: the worker
-    that runs it has no G2A configuration (the suite's environment has none). One retry,
-    10 ms apart, instead of the production ten over minutes."""
-    client = resources.broker.client
-    client.delete("dramatiq:default", "dramatiq:default.msgs")  # the message placing sent
-    broker.enqueue(Message(queue_name="default", actor_name=Actor.FULFIL_ORDER.value,
-                           args=(str(order_id),), kwargs={},
-                           options={"max_retries": 1, "min_backoff": 10, "max_backoff": 10}))
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
-    worker.start()
-    try:
-        wait_until(lambda: len(_dead_fulfilments(resources)) == 1, 30, "fulfilment dead")
-    finally:
-        stop_worker(broker, worker)
+    dead_letter_fulfilment(broker, order_id,
+                           dead=lambda: len(_dead_fulfilments(resources)) == 1)
 
 
 def _stuck_with_g2a_refusal(resources: Resources, sim: SimServer) -> uuid.UUID:
@@ -102,16 +89,10 @@ def _values(report: dict[str, Any], path: str) -> Any:
 
 
 def _shown(value: Any) -> str:
-    """A number as the console prints it (the `number` filter)."""
-    if value is None:
-        return "-"
+    """A number as the console prints it (the `number` filter; yes/no for a flag)."""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:,.1f}" if value % 1 else f"{int(value):,}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    return number_text(value)
 
 
 def test_dead_letter_stuck_order_and_overview(

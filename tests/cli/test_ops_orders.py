@@ -6,18 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import dramatiq
-from dramatiq import Message
 from sqlalchemy import insert, text, update
 
 from db.models import G2APurchase, G2APurchaseStatus, Order, OrderItem, OrderStatus
 from keysync.resources import Resources
 from services.ops.stuck_orders import list_orders
 from tests.cli.ops_helpers import cli, cli_process
-from tests.helpers import stop_worker, wait_until
-from tests.order_flows import place_order
+from tests.order_flows import dead_letter_fulfilment, place_order
 from tests.order_helpers import make_game
-from worker.enqueue import Actor
 
 ORDER_KEYS = {"id", "user_email", "status", "total", "created_at", "updated_at"}
 
@@ -52,19 +48,9 @@ def test_stuck_orders_with_their_reasons(resources: Resources, broker: Any,
             {"order_item_id": item_id, "unit_index": 1, "status": G2APurchaseStatus.FAILED,
              "last_error": "ORD112: not enough funds"},
         ])
-    # The fulfilment of `dead_one` fails for real: this worker has no G2A configuration. It
-    # runs through dramatiq's Retries (one retry, 10 ms apart) until it is dead-lettered.
-    redis_client.delete("dramatiq:default", "dramatiq:default.msgs")
-    broker.enqueue(Message(queue_name="default", actor_name=Actor.FULFIL_ORDER.value,
-                           args=(str(dead_one),), kwargs={},
-                           options={"max_retries": 1, "min_backoff": 10, "max_backoff": 10}))
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
-    worker.start()
-    try:
-        wait_until(lambda: cli("jobs", "--state", "dead", "--json").json["total"] == 1,
-                   what="fulfilment dead-lettered")
-    finally:
-        stop_worker(broker, worker)
+    dead_letter_fulfilment(
+        broker, dead_one,
+        dead=lambda: cli("jobs", "--state", "dead", "--json").json["total"] == 1)
 
     stuck = orders("--stuck")
     assert stuck["total"] == 2
