@@ -22,11 +22,6 @@ from worker.broker import create_broker
 GUEST = "guest-0123456789abcdefghij"  # guest session ids are 22-128 characters
 
 
-@pytest.fixture
-def client(resources: Any) -> TestClient:
-    return TestClient(create_app(resources))
-
-
 def make_game(session: Any, *, in_stock: bool = True, price: str = "10.00") -> uuid.UUID:
     game = Game(g2a_product_id=f"p-{uuid.uuid4().hex[:12]}", slug=f"s-{uuid.uuid4().hex}",
                 name="Game", price=Decimal(price), g2a_price=Decimal(price), in_stock=in_stock)

@@ -11,16 +11,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from db.models import CartItem, Game, WishlistItem
-from web.app import create_app
 
 # Guest session ids are 22-128 characters (CONTRACT §5).
 GUEST = "guest-0123456789abcdefghij"
 OTHER_GUEST = "guest-zyxwvutsrqponmlkjih"
-
-
-@pytest.fixture
-def client(resources: Any) -> TestClient:
-    return TestClient(create_app(resources))
 
 
 def make_game(session: Any, *, in_stock: bool = True, is_active: bool = True,

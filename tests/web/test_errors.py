@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
 import services
 from services.accounts.errors import InvalidToken
 from services.errors import DomainError, Unauthorized
-from web.app import create_app
 from web.errors import STATUS_BY_ERROR, headers_of, status_of
 
 
@@ -45,11 +42,6 @@ def test_no_http_status_leaks_into_services() -> None:
 def test_subclasses_take_their_bases_row_and_headers() -> None:
     assert status_of(InvalidToken) == status_of(Unauthorized) == 401
     assert headers_of(InvalidToken) == {"WWW-Authenticate": "Bearer"}
-
-
-@pytest.fixture
-def client(resources: Any) -> TestClient:
-    return TestClient(create_app(resources))
 
 
 def test_a_refusal_answers_its_status_code_message_and_headers(client: TestClient) -> None:

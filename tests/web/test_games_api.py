@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from db.models import Game
 from services.cache import keys
 from tests.order_helpers import make_game
-from web.app import create_app
-
-
-@pytest.fixture
-def client(resources: Any) -> Iterator[TestClient]:
-    with TestClient(create_app(resources)) as c:
-        yield c
 
 
 def test_get_game_shape_and_cache(resources: Any, client: TestClient) -> None:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-import pytest
 from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
@@ -28,13 +26,6 @@ from services.accounts import tokens
 from services.cache import keys as cache_keys
 from services.orders import status as order_status
 from tests.order_helpers import balance, make_game, make_user
-from web.app import create_app
-
-
-@pytest.fixture
-def client(resources: Any) -> Iterator[TestClient]:
-    with TestClient(create_app(resources)) as c:
-        yield c
 
 
 def _auth(resources: Any, user_id: uuid.UUID) -> dict[str, str]:

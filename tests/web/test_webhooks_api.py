@@ -6,7 +6,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
@@ -37,14 +36,6 @@ from tests.order_helpers import (
     status_body,
 )
 from web.app import create_app
-
-
-@pytest.fixture
-def client(resources: Any) -> Iterator[TestClient]:
-    with TestClient(create_app(resources)) as c:
-        yield c
-
-
 
 
 def _order(resources: Any, status: OrderStatus = OrderStatus.PROCESSING

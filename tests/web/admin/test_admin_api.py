@@ -4,7 +4,6 @@ dramatiq dead letters, with an admin's bearer token; a non-admin is 403, nobody 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,19 +39,12 @@ from tests.helpers import stop_worker, wait_until
 from tests.order_flows import place_order
 from tests.order_helpers import make_game, make_user, status_body
 from tests.web.admin.api_helpers import bearer, make_admin
-from web.app import create_app
 
 GETS = ["/admin/api/overview", "/admin/api/jobs", "/admin/api/syncs",
         "/admin/api/syncs/chart", "/admin/api/webhooks", "/admin/api/orders",
         "/admin/api/audit"]
 POSTS = [("/admin/api/jobs/retry", {"all": True}), ("/admin/api/jobs/discard", {"all": True}),
          ("/admin/api/webhooks/replay", {"dead": True})]
-
-
-@pytest.fixture
-def client(resources: Resources) -> Iterator[TestClient]:
-    with TestClient(create_app(resources)) as c:
-        yield c
 
 
 @pytest.fixture

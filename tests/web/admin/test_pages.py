@@ -67,12 +67,6 @@ def page_csrf(client: TestClient, path: str) -> str:
 
 
 @pytest.fixture
-def client(resources: Resources) -> Iterator[TestClient]:
-    with TestClient(create_app(resources)) as c:
-        yield c
-
-
-@pytest.fixture
 def dead_letter(broker: Any) -> Iterator[str]:
     """One real dead letter (a probe failing on a real worker, no retries)."""
     worker = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=1, worker_timeout=100)
