@@ -198,7 +198,8 @@ class Order(Base):
         Index("orders_user_created", "user_id", "created_at"),
         # The console's order lists, newest first: all, or of one status.
         Index("orders_status_created", "status", "created_at"),
-        Index("orders_created", "created_at"),
+        # With the id, a deep page's ids come from the index alone (`list_orders`).
+        Index("orders_created_id", "created_at", "id"),
         # `keysync orders --stuck`: the few open orders by age, without reading the rest.
         Index(
             "orders_open_created",
@@ -265,6 +266,9 @@ class G2APurchase(Base):
     __tablename__ = "g2a_purchases"
     __table_args__ = (
         Index("g2a_purchases_item_unit_key", "order_item_id", "unit_index", unique=True),
+        # The G2A funds check (`keysync status`, the console's overview): the last hour's
+        # rows, not every purchase ever made.
+        Index("g2a_purchases_updated", "updated_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -296,6 +300,9 @@ class WebhookEvent(Base):
         # The operators' inbox (`keysync webhooks`): newest first, all or by outcome.
         Index("webhook_events_received", "received_at"),
         Index("webhook_events_outcome_received", "outcome", "received_at"),
+        # Counts per outcome (status, the console's overview): an index-only scan of a
+        # deduplicated index, a few pages, instead of the table.
+        Index("webhook_events_outcome", "outcome"),
         # An order's events (its console timeline), as `services.webhooks` finds them.
         Index("webhook_events_data_order_id",
               text("((payload -> 'data'::text) ->> 'order_id'::text)")),

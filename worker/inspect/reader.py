@@ -2,7 +2,8 @@
 
 Every call is a bounded number of round trips; paging is by offset, newest first. Listing
 (`search`) reads windows of `WINDOW` ids (LRANGE from the tail, ZREVRANGE, HSCAN), never a
-whole list, hash or sorted set. Nothing here writes.
+whole list, hash or sorted set; dead letters counted per actor, or searched by actor or
+first argument, are read inside Redis by `_dead_scan`'s scripts. Nothing here writes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import cast
 
 import redis
 
+from worker.inspect._dead_scan import find_candidates, scan_actors
 from worker.inspect._layout import (
     NAMESPACE,
     WINDOW,
@@ -29,7 +31,7 @@ from worker.inspect._layout import (
     text,
 )
 
-# Dead letters are decoded to count them per actor; past this many we report a lower bound.
+# Dead letters read to count them per actor; past this many we report a lower bound.
 MAX_DEAD_SCANNED = 10_000
 # A filtered listing (by actor) decodes at most this many messages per queue and state to
 # count its matches; past it the total is a lower bound.
@@ -84,16 +86,24 @@ class BrokerInspector:
     def dead_by_actor(self, *, limit: int = MAX_DEAD_SCANNED,
                       queues: Iterable[str] | None = None) -> dict[str, int]:
         """Dead-lettered messages per actor over every queue, or over `queues` (a lower
-        bound past `limit`)."""
+        bound past `limit`). Counted inside Redis (`_dead_scan`): only the counts, and the
+        rare message whose head is not plain, come back."""
         per_actor: dict[str, int] = {}
-        scanned = 0
+        allowed = limit
         for queue in (sorted(set(queues)) if queues is not None else self.queues()):
-            for _, raw in self._redis.hscan_iter(self._key(queue, ".XQ.msgs"), count=500):
-                scanned += 1
-                if scanned > limit:
+            for scan in scan_actors(self._redis, self._ns, queue, allowed):
+                fields = [item for item in scan.order if isinstance(item, bytes)]
+                raws = dict(zip(fields, self._redis.hmget(self._key(queue, ".XQ.msgs"), fields),
+                                strict=True)) if fields else {}
+                for item in scan.order:
+                    if isinstance(item, str):
+                        per_actor[item] = per_actor.get(item, 0) + scan.counts[item]
+                    else:
+                        actor = str(decode(raws[item]).get("actor_name", "<undecodable>"))
+                        per_actor[actor] = per_actor.get(actor, 0) + 1
+                allowed -= scan.read
+                if scan.truncated:
                     return per_actor
-                actor = str(decode(raw).get("actor_name", "<undecodable>"))
-                per_actor[actor] = per_actor.get(actor, 0) + 1
         return per_actor
 
     def messages(self, state: State, queue: str = "default", *, offset: int = 0,
@@ -192,6 +202,12 @@ class BrokerInspector:
         candidates: list[BrokerMessage] = []
         for queue in self.queues():
             for state in states:
+                if actor is not None and state is State.DEAD:
+                    # The set that grows large: matched inside Redis (`_dead_scan`).
+                    count, newest = self._dead_of(queue, actor, wanted)
+                    total += count
+                    candidates += newest
+                    continue
                 source = self._source(queue, state, actor)
                 if actor is None:
                     total += self._count(queue, state)
@@ -214,21 +230,44 @@ class BrokerInspector:
         newest = heapq.nlargest(wanted, candidates, key=lambda m: m.sort_time)
         return Page(newest[offset:], total, offset)
 
+    def _dead_of(self, queue: str, actor: str, wanted: int) -> tuple[int, list[BrokerMessage]]:
+        """How many of `queue`'s dead letters are `actor`'s (among the first
+        MAX_FILTER_SCANNED naming it, newest first) and the newest `wanted` of them."""
+        count = 0
+        newest: list[BrokerMessage] = []
+        for call in find_candidates(self._redis, self._ns, queue, actor, (),
+                                    MAX_FILTER_SCANNED, keep=wanted):
+            count += call.matched
+            for redis_id, score, raw, plain in call.hits:
+                stored = _Stored(raw, queue, State.DEAD, redis_id, score)
+                if not plain:
+                    if stored.actor() != actor:
+                        continue
+                    count += 1
+                if len(newest) < wanted:
+                    newest.append(stored.message())
+        return count, newest
+
     def find_dead(self, actor: str, first_args: Collection[str], *,
                   limit: int = MAX_DEAD_SCANNED) -> dict[str, BrokerMessage]:
         """The newest dead letter of `actor` for each of `first_args` (its first argument,
-        e.g. an order id), reading at most `limit` dead letters newest first."""
+        e.g. an order id), reading at most `limit` of the actor's dead letters per queue,
+        newest first. Matched inside Redis (`_dead_scan`): only candidates come back."""
         found: dict[str, BrokerMessage] = {}
         wanted = set(first_args)
         if not wanted:
             return found
         for queue in self.queues():
-            for stored in itertools.islice(self._dead(queue, actor), limit):
+            hits = (hit for call in find_candidates(self._redis, self._ns, queue, actor,
+                                                    sorted(wanted), limit)
+                    for hit in call.hits)
+            for redis_id, score, raw, _ in hits:
                 if len(found) == len(wanted):
                     return found
+                stored = _Stored(raw, queue, State.DEAD, redis_id, score)
                 if stored.actor() != actor:
                     continue
-                args = decode(stored.raw).get("args") or [None]
+                args = decode(raw).get("args") or [None]
                 key = str(args[0])
                 if key in wanted and key not in found:
                     found[key] = stored.message()
