@@ -76,3 +76,40 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
     for row in rows:
         table.add_row(*(f"{v:,.3f}" if isinstance(v, float) else str(v) for v in row))
     Console(width=120).print(table)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and every live descendant (a dramatiq supervisor and its
+    worker processes, a postmaster and its backends), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            # Fields after the parenthesised command name: utime, stime, then cutime and
+            # cstime (children already exited and reaped, e.g. Postgres backends).
+            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            total += sum(int(v) for v in fields[11:15]) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited between the listing and the read
+    return total
+
+
+def wait_http(url: str, timeout_s: float = 30.0) -> None:
+    """Until `url` answers 200 (a server process finished booting)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{url} did not answer within {timeout_s:.0f} s")
+        time.sleep(0.1)

@@ -1,187 +1,331 @@
-"""Webhook throughput: events/s from HTTP accept to processed, vs a no-op dramatiq actor.
+"""Webhook throughput of the product: intake, processing and end to end, as deployed.
 
-In one run, on the same Redis broker and the same in-process dramatiq worker (same thread
-count):
-- baseline: N messages to a no-op actor, from `send` to executed;
-- webhooks: N signed `order.status_changed` (FAILED) events POSTed to `keysync serve` (its
-  own process; `POST /webhooks/g2a`: verify, inbox insert, send), then processed by
-  `process_webhook_event` (event lock, order lock, refund exactly once, mark processed,
-  cache invalidation), measured until every event has `processed_at`.
+Every party is its own process, against throwaway Postgres/Redis (or DATABASE_URL /
+REDIS_URL): `keysync serve` (the web), `keysync worker` (the processing), and a load client
+far cheaper than the server (`bench/_load.py`: pre-signed requests over raw keep-alive
+sockets from forked processes). In the same run, on the same Redis, a no-op dramatiq actor
+(`bench/_noop_actor.py`, run by `dramatiq` in its own process with the same process and
+thread counts) gives the reference for each phase:
 
-Each event hits a different order, so this measures the pipeline, not lock contention.
-Starts throwaway Postgres/Redis unless DATABASE_URL / REDIS_URL are set.
+a. intake alone (no worker running): signed `order.status_changed` (FAILED) events POSTed to
+   `/webhooks/g2a`, accepted/s and latency; beside it the no-op's send rate and `GET /healthz`;
+b. processing alone: the worker starts on the events phase a stored (through the real
+   intake, so their messages are queued as in production), processed/s from the first event
+   processed to the last; beside it the no-op draining as many pre-queued messages;
+c. end to end: new events POSTed while the worker runs, accepted → `processed_at`; beside it
+   the no-op sent and run concurrently.
 
-Usage: python bench/webhooks.py [--events 1000] [--threads 8] [--clients 16]
+CPU seconds per event of each process (web, worker, client, Postgres, Redis) come from
+/proc/<pid>/stat, process trees included. Each event refunds a different order of its own
+user, so this measures the pipeline, not one row's lock; every refund is checked to have
+happened exactly once at the end.
+
+Usage: python bench/webhooks.py [--events 3000] [--worker-processes 2] [--threads 8]
+                                [--connections 32] [--client-processes 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._support import percentiles, postgres_server, print_table, redis_server
+from bench._load import LoadResult, http_request, run_load
+from bench._support import (
+    cpu_seconds,
+    percentiles,
+    postgres_server,
+    print_table,
+    redis_server,
+    wait_http,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+WARMUP_EVENTS = 200
+HEALTHZ_REQUESTS = 5000
+
+
+@dataclass
+class Phase:
+    name: str
+    label: str  # in the CPU table
+    rate: float
+    reference: str
+    reference_rate: float
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    cpu_ms: dict[str, float] | None = None  # process -> CPU ms per event
+
+
+class Cpu:
+    """CPU seconds of named process trees between `start()` and `stop()`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before: dict[str, float] = {}
+        self.spent: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> None:
+        self.spent = {name: cpu_seconds(pid) - self.before[name]
+                      for name, pid in self.pids.items()}
+
+    def per_event_ms(self, events: int, **extra_s: float) -> dict[str, float]:
+        return {name: 1000 * s / events for name, s in {**self.spent, **extra_s}.items()}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=8, help="dramatiq worker threads")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent HTTP senders")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=3000, help="events per phase")
+    parser.add_argument("--worker-processes", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
+    parser.add_argument("--connections", type=int, default=32, help="keep-alive connections")
+    parser.add_argument("--client-processes", type=int, default=2)
     args = parser.parse_args()
-
     with ExitStack() as stack:
         redis_url = stack.enter_context(redis_server())
         database_url = stack.enter_context(postgres_server())
         os.environ.update(DATABASE_URL=database_url, REDIS_URL=redis_url, BROKER_URL=redis_url,
                           LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"))
-        os.environ.setdefault(
-            "WEBHOOK_SECRETS", "whsec_" + "YmVuY2gtd2ViaG9vay1zZWNyZXQtYmVuY2gtd2ViaG9vaw==")
         run(args, stack)
 
 
-def run(args: argparse.Namespace, stack: ExitStack) -> None:
-    # Imported only now: importing `worker` binds the broker to BROKER_URL.
-    import dramatiq
-    import httpx
-    import redis
-    from sqlalchemy import func, insert, select, text
-
-    from db.models import Game, Order, OrderItem, OrderStatus, Transaction, User, WebhookEvent
-    from g2a_sim import sign_webhook
-    from jobs import broker  # declares every actor on it
-    from keysync.embedded import free_port
-    from keysync.resources import Resources
-    from keysync.settings import get_settings
-
-    settings = get_settings()
-    secret = settings.webhook_secrets.get_secret_value().split()[0]
-    resources = Resources.build(settings, broker, pool_size=args.threads + args.clients)
-    stack.callback(resources.close)
-    redis.Redis.from_url(settings.redis_url).flushdb()
-    n = args.events
-
-    with resources.sessions() as s, s.begin():
-        s.execute(text("TRUNCATE users, games, orders, order_items, transactions, "
-                       "webhook_events, job_outbox CASCADE"))
-        # One user per order: the refund's balance update would otherwise serialise every
-        # event on one user row, and this measures the pipeline, not that lock.
-        game_id = uuid.uuid4()
-        user_ids = [uuid.uuid4() for _ in range(n)]
-        s.execute(insert(User), [{"id": u, "email": f"{u.hex}@example.com", "password_hash": "x",
-                                  "balance": 0} for u in user_ids])
-        s.execute(insert(Game).values(id=game_id, g2a_product_id="1", slug="bench", name="B",
-                                      price=1, g2a_price=1, in_stock=True))
-        order_ids = [uuid.uuid4() for _ in range(n)]
-        s.execute(insert(Order), [{"id": o, "user_id": u, "total": 1,
-                                   "status": OrderStatus.PROCESSING}
-                                  for o, u in zip(order_ids, user_ids, strict=True)])
-        s.execute(insert(OrderItem), [{"order_id": o, "game_id": game_id, "quantity": 1,
-                                       "unit_price": 1} for o in order_ids])
-        s.execute(insert(Transaction), [{"user_id": u, "order_id": o, "type": "PURCHASE",
-                                         "amount": 1, "status": "COMPLETED"}
-                                        for o, u in zip(order_ids, user_ids, strict=True)])
-
-    done = threading.Semaphore(0)
-    latencies: list[float] = []
-
-    @dramatiq.actor(broker=broker, queue_name="bench_noop", max_retries=0)
-    def bench_noop(sent_at: float) -> None:
-        latencies.append(time.time() - sent_at)
-        done.release()
-
-    worker = dramatiq.Worker(broker, worker_threads=args.threads, worker_timeout=100)
-    worker.start()
-    stack.callback(worker.stop)
-
-    # -- baseline: a no-op actor on the same broker and worker -----------------------------
-    started = time.perf_counter()
-    with ThreadPoolExecutor(args.clients) as pool:
-        list(pool.map(lambda _: bench_noop.send(time.time()), range(n)))
-    for _ in range(n):
-        done.acquire()
-    noop_s = time.perf_counter() - started
-    noop_p = percentiles(latencies)
-
-    # -- webhooks: HTTP accept -> processed ------------------------------------------------
-    # The web app runs as its own `keysync serve` process, as deployed (Procfile), so the
-    # accept path does not share this process's GIL with the worker threads.
-    port = free_port()
-    keysync = os.path.join(os.path.dirname(sys.executable), "keysync")
-    web = subprocess.Popen([keysync, "serve", "--port", str(port)], env=os.environ.copy(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    stack.callback(web.wait, 10)
-    stack.callback(web.terminate)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
+@contextmanager
+def process(cmd: list[str], **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
         try:
-            if httpx.get(base + "/healthz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit("keysync serve did not start")
-        time.sleep(0.1)
-    url = base + "/webhooks/g2a"
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
-    bodies = []
+
+def drain(done: Callable[[], int], total: int, cpu: Cpu, timeout_s: float = 120.0) -> float:
+    """Rate from the first completion to `total` completions; CPU measured over that window."""
+    deadline = time.monotonic() + timeout_s
+    start_count = done()
+    while (count := done()) == start_count:
+        if time.monotonic() > deadline:
+            raise SystemExit("nothing was processed")
+        time.sleep(0.005)
+    first, first_count = time.monotonic(), count
+    cpu.start()
+    while (count := done()) < total:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {count}/{total} processed")
+        time.sleep(0.02)
+    elapsed = time.monotonic() - first
+    cpu.stop()
+    return (total - first_count) / elapsed
+
+
+def seed(database_url: str, count: int) -> list[uuid.UUID]:
+    """`count` PROCESSING orders of 1.00, each of its own user, with their PURCHASE."""
+    import psycopg
+
+    users = [uuid.uuid4() for _ in range(count)]
+    orders = [uuid.uuid4() for _ in range(count)]
+    with psycopg.connect(database_url.replace("+psycopg", "")) as conn, conn.cursor() as cur:
+        game = uuid.uuid4()
+        cur.execute("INSERT INTO games (id, g2a_product_id, slug, name, price, g2a_price, "
+                    "in_stock) VALUES (%s, '1', 'bench', 'B', 1, 1, true)", (game,))
+        cur.executemany("INSERT INTO users (id, email, password_hash, balance) "
+                        "VALUES (%s, %s, 'x', 0)", [(u, f"{u.hex}@example.com") for u in users])
+        cur.executemany("INSERT INTO orders (id, user_id, total, status) "
+                        "VALUES (%s, %s, 1, 'PROCESSING')", list(zip(orders, users, strict=True)))
+        cur.executemany("INSERT INTO order_items (order_id, game_id, quantity, unit_price) "
+                        "VALUES (%s, %s, 1, 1)", [(o, game) for o in orders])
+        cur.executemany("INSERT INTO transactions (id, user_id, order_id, type, amount, status)"
+                        " VALUES (%s, %s, %s, 'PURCHASE', 1, 'COMPLETED')",
+                        [(uuid.uuid4(), u, o) for u, o in zip(users, orders, strict=True)])
+    return orders
+
+
+def webhook_requests(order_ids: list[uuid.UUID], port: int, secret: str) -> list[bytes]:
+    from g2a_sim import sign_webhook
+
+    out = []
+    now = int(time.time())  # valid for ±300 s: the whole run fits well inside
     for order_id in order_ids:
         msg_id = f"msg_{uuid.uuid4().hex}"
         body = (b'{"type":"order.status_changed","data":{"order_id":"%s","status":"FAILED",'
                 b'"occurred_at":"2026-01-01T00:00:00Z"}}' % str(order_id).encode())
-        bodies.append((msg_id, body))
+        out.append(http_request("POST", "/webhooks/g2a", port, {
+            "webhook-id": msg_id, "webhook-timestamp": str(now),
+            "webhook-signature": sign_webhook(secret, msg_id, now, body),
+            "content-type": "application/json"}, body))
+    return out
 
-    accepted = 0
-    http = httpx.Client(limits=httpx.Limits(max_connections=args.clients))
 
-    def post(item: tuple[str, bytes]) -> int:
-        msg_id, body = item
-        ts = int(time.time())
-        return http.post(url, content=body, headers={
-            "webhook-id": msg_id, "webhook-timestamp": str(ts),
-            "webhook-signature": sign_webhook(secret, msg_id, ts, body),
-            "content-type": "application/json"}).status_code
+def run(args: argparse.Namespace, stack: ExitStack) -> None:
+    import psycopg
+    import redis
+    from dramatiq import Message
+    from dramatiq.brokers.redis import RedisBroker
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(args.clients) as pool:
-        accepted = sum(code == 202 for code in pool.map(post, bodies))
-    accept_s = time.perf_counter() - started
-    with resources.sessions() as s:
-        while s.scalar(select(func.count()).select_from(WebhookEvent)
-                       .where(WebhookEvent.processed_at.is_(None))):
-            s.rollback()
+    from bench._noop_actor import DONE_KEY, QUEUE
+    from keysync.embedded import free_port
+
+    n, database_url = args.events, os.environ["DATABASE_URL"]
+    secret = os.environ["WEBHOOK_SECRETS"].split()[0]
+    r = redis.Redis.from_url(os.environ["REDIS_URL"])
+    r.flushdb()
+    orders = seed(database_url, WARMUP_EVENTS + 2 * n)
+    db = stack.enter_context(psycopg.connect(database_url.replace("+psycopg", ""),
+                                             autocommit=True))
+
+    def scalar(sql: str) -> Any:
+        row = db.execute(sql).fetchone()
+        assert row is not None
+        return row[0]
+
+    def processed() -> int:
+        return int(scalar("SELECT count(*) FROM webhook_events") -
+                   scalar("SELECT count(*) FROM webhook_events WHERE processed_at IS NULL"))
+
+    postgres_pid = int(Path(f"/proc/{scalar('SELECT pg_backend_pid()')}/stat").read_text()
+                       .rpartition(")")[2].split()[1])  # the backend's parent: postmaster
+    infra = {"postgres": postgres_pid, "redis": int(r.info("server")["process_id"])}
+    workers = ["--processes", str(args.worker_processes), "--threads", str(args.threads)]
+    bin_dir = Path(sys.executable).parent
+    pythonpath = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)
+    phases: list[Phase] = []
+
+    # -- the no-op reference: send N, drain N pre-queued, then send and run N concurrently --
+    noop_broker = RedisBroker(url=os.environ["BROKER_URL"])  # type: ignore[no-untyped-call]
+    stack.callback(noop_broker.close)
+
+    def send_noop(count: int) -> float:
+        started = time.monotonic()
+        for i in range(count):
+            noop_broker.enqueue(Message(queue_name=QUEUE, actor_name="bench_noop", args=(i,),
+                                        kwargs={}, options={}))
+        return count / (time.monotonic() - started)
+
+    def noop_done() -> int:
+        return int(r.get(DONE_KEY) or 0)
+
+    noop_send_rate = send_noop(n)
+    with process([str(bin_dir / "dramatiq"), "bench._noop_actor", *workers],
+                 PYTHONPATH=pythonpath) as noop_worker:
+        noop_cpu = Cpu({"worker": noop_worker.pid, **infra})
+        noop_drain_rate = drain(noop_done, n, noop_cpu)
+        noop_drain_cpu = noop_cpu.per_event_ms(n)
+        started = time.monotonic()
+        send_noop(n)
+        drain(noop_done, 2 * n, Cpu({}))
+        noop_e2e_rate = n / (time.monotonic() - started)
+
+    # -- the product ---------------------------------------------------------------------
+    port = free_port()
+    web = stack.enter_context(process([str(bin_dir / "keysync"), "serve", "--port", str(port)]))
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    requests = webhook_requests(orders, port, secret)
+    warmup, phase_a, phase_c = (requests[:WARMUP_EVENTS], requests[WARMUP_EVENTS:][:n],
+                                requests[WARMUP_EVENTS + n:])
+    expect(run_load(port, warmup, processes=args.client_processes,
+                    connections=args.connections), 202, WARMUP_EVENTS)
+    healthz = run_load(port, [http_request("GET", "/healthz", port)] * HEALTHZ_REQUESTS,
+                       processes=args.client_processes, connections=args.connections)
+
+    # a. intake alone: nothing consumes the queue yet
+    cpu = Cpu({"web": web.pid, **infra})
+    cpu.start()
+    intake = expect(run_load(port, phase_a, processes=args.client_processes,
+                             connections=args.connections), 202, n)
+    cpu.stop()
+    p50, p95, _ = percentiles(intake.latencies_s)
+    phases.append(Phase("a. intake alone: accepted/s (POST → 202)", "a. intake", intake.rate(202),
+                        "no-op send", noop_send_rate, p50, p95,
+                        cpu.per_event_ms(n, client=intake.cpu_s)))
+    phases.append(Phase("   reference: GET /healthz, same client and server", "GET /healthz",
+                        healthz.rate(),
+                        "", 0.0, *percentiles(healthz.latencies_s)[:2],
+                        {"client": 1000 * healthz.cpu_s / HEALTHZ_REQUESTS}))
+
+    # b. processing alone: the worker starts on the stored events, their messages queued
+    with process([str(bin_dir / "keysync"), "worker", *workers]) as worker:
+        cpu = Cpu({"worker": worker.pid, "web": web.pid, **infra})
+        stored = WARMUP_EVENTS + n
+        rate = drain(processed, stored, cpu)
+        phases.append(Phase("b. processing alone: processed/s (stored → processed_at)",
+                            "b. processing", rate,
+                            "no-op drain", noop_drain_rate,
+                            cpu_ms={**cpu.per_event_ms(stored), **{
+                                f"no-op {k}": v for k, v in noop_drain_cpu.items()}}))
+
+        # c. end to end: accepted → processed while both run
+        cpu.start()
+        started = time.monotonic()
+        e2e = expect(run_load(port, phase_c, processes=args.client_processes,
+                              connections=args.connections), 202, n)
+        while processed() < stored + n:
             time.sleep(0.02)
-        hook_s = time.perf_counter() - started
-        rows = s.execute(select(WebhookEvent.received_at, WebhookEvent.processed_at)).all()
-        refunds = s.scalar(select(func.count()).select_from(Transaction)
-                           .where(Transaction.type == "REFUND"))
-        balance = s.scalar(select(func.sum(User.balance)))
-    http.close()
-    assert accepted == n, f"only {accepted}/{n} accepted"
-    assert refunds == n and balance == n, "each event must refund its order exactly once"
-    hook_p = percentiles([(p - r).total_seconds() for r, p in rows if p is not None])
+        elapsed = time.monotonic() - started
+        cpu.stop()
+        phases.append(Phase("c. end to end: accepted → processed_at, events/s", "c. end to end",
+                            n / elapsed,
+                            "no-op send → run", noop_e2e_rate, *percentiles(e2e.latencies_s)[:2],
+                            cpu.per_event_ms(n, client=e2e.cpu_s)))
+        phases.append(Phase("   accepted/s meanwhile", "", e2e.rate(202), "", 0.0))
 
-    noop_rate, hook_rate = n / noop_s, n / hook_s
-    print(f"{n} events, {args.threads} worker threads, {args.clients} HTTP clients, "
-          f"web as its own process; webhook accept phase alone: {n / accept_s:,.0f}/s")
+    check_exactly_once(scalar, WARMUP_EVENTS + 2 * n)
+    report(args, phases)
+
+
+def expect(result: LoadResult, status: int, count: int) -> LoadResult:
+    if result.statuses[status] != count:
+        raise SystemExit(f"expected {count} x {status}, got {dict(result.statuses)}")
+    return result
+
+
+def check_exactly_once(scalar: Callable[[str], Any], events: int) -> None:
+    refunds = scalar("SELECT count(*) FROM transactions WHERE type = 'REFUND'")
+    balance = scalar("SELECT sum(balance) FROM users")
+    if refunds != events or balance != events:
+        raise SystemExit(f"{events} events: {refunds} refunds, balances {balance}")
+
+
+def report(args: argparse.Namespace, phases: list[Phase]) -> None:
+    print(f"{args.events} events per phase; `keysync worker` and the no-op actor each with "
+          f"{args.worker_processes} processes x {args.threads} threads; client: "
+          f"{args.client_processes} processes, {args.connections} keep-alive connections; "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end")
     print_table(
-        "Webhook events/s, HTTP accept -> processed (vs no-op dramatiq actor)",
-        ["pipeline", "events/s", "p50 ms", "p95 ms", "p99 ms", "ratio to no-op"],
-        [
-            ["no-op dramatiq actor (send -> run)", noop_rate, *noop_p, 1.0],
-            ["webhook (POST -> processed_at)", hook_rate, *hook_p, hook_rate / noop_rate],
-        ],
-    )
+        "Webhooks, as deployed (separate processes), each beside a no-op dramatiq actor",
+        ["phase", "ours /s", "no-op", "no-op /s", "ratio", "p50 ms", "p95 ms"],
+        [[p.name, f"{p.rate:,.0f}", p.reference,
+          f"{p.reference_rate:,.0f}" if p.reference_rate else "",
+          f"{p.rate / p.reference_rate:.2f}" if p.reference_rate else "",
+          "" if p.p50_ms is None else f"{p.p50_ms:.1f}",
+          "" if p.p95_ms is None else f"{p.p95_ms:.1f}"] for p in phases])
+    names = ["web", "worker", "client", "postgres", "redis", "no-op worker", "no-op postgres",
+             "no-op redis"]
+    print_table(
+        "CPU ms per event, by process (process trees; /proc/<pid>/stat)",
+        ["phase", *names],
+        [[p.label, *(f"{p.cpu_ms[k]:.2f}" if k in p.cpu_ms else ""
+                                          for k in names)]
+         for p in phases if p.cpu_ms])
 
 
 if __name__ == "__main__":

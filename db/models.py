@@ -300,8 +300,7 @@ class WebhookEvent(Base):
         # The operators' inbox (`keysync webhooks`): newest first, all or by outcome.
         Index("webhook_events_received", "received_at"),
         Index("webhook_events_outcome_received", "outcome", "received_at"),
-        # Counts per outcome (status, the console's overview): an index-only scan of a
-        # deduplicated index, a few pages, instead of the table.
+        # Counts per outcome (status, overview): an index-only scan of a few pages.
         Index("webhook_events_outcome", "outcome"),
         # An order's events (its console timeline), as `services.webhooks` finds them.
         Index("webhook_events_data_order_id",

@@ -16,6 +16,7 @@ dependencies behind it.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from services.accounts import tokens
 from services.accounts.rate_limit import LoginLimits
 from services.cart.owner import Owner, new_session_id, parse_session_id
 from services.errors import Unauthorized
+from web.intake import WebhookIntake
 
 SESSION_HEADER = "X-Session-Id"
 
@@ -38,6 +40,21 @@ _login_limits_lock = threading.Lock()
 async def get_resources(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
+
+
+async def get_webhook_intake(request: Request) -> WebhookIntake:
+    """The app's webhook intake (secrets, inbox writer, job sender), made on the first
+    webhook of each event loop; the webhook router's lifespan closes it. Making it awaits
+    nothing, so two first requests cannot both make one. The route's only dependency: each
+    one costs the hottest endpoint a resolution per request."""
+    state = request.app.state
+    intake: WebhookIntake | None = getattr(state, "webhook_intake", None)
+    if intake is None or intake.loop is not asyncio.get_running_loop():
+        # A new loop (a test client without lifespan runs one per request): the old one's
+        # connections and sender end with it, when it is collected.
+        resources: Resources = state.resources
+        intake = state.webhook_intake = WebhookIntake(resources.settings, resources.broker)
+    return intake
 
 
 def get_session(resources: Annotated[Resources, Depends(get_resources)]) -> Iterator[Session]:
@@ -124,6 +141,7 @@ async def login_limits(request: Request) -> LoginLimits:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
+WebhookIntakeDep = Annotated[WebhookIntake, Depends(get_webhook_intake)]
 UserIdDep = Annotated[uuid.UUID, Depends(current_user_id)]
 OptionalUserIdDep = Annotated[uuid.UUID | None, Depends(optional_user_id)]
 GuestSessionIdDep = Annotated[str | None, Depends(guest_session_id)]

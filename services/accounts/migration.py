@@ -21,13 +21,12 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import Row, delete, func, select
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import Connection, Row, select, text
+from sqlalchemy.orm import Session
 
-from db.models import CartItem, Game, User, WishlistItem
+from db.models import CartItem, WishlistItem
 from services.cache import Cache
-from services.cart.owner import ItemModel, Owner
+from services.cart.owner import Owner
 from services.cart.schemas import MAX_QUANTITY
 from services.cart.service import CART
 from services.cart.wishlist import WISHLIST
@@ -64,9 +63,74 @@ def cache_keys_for(session_id: str, user_id: uuid.UUID) -> list[str]:
     return [store.key(owner) for owner in (guest, user) for store in (CART, WISHLIST)]
 
 
-def _advisory_lock(session: Session, name: str) -> None:
-    # 64-bit hash of a namespaced name; a collision only serialises two unrelated migrations.
-    session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(name, 0))))
+# Both migration locks (user, then session: the target list is evaluated in order) and the
+# user's row FOR SHARE, which keeps the user from being deleted under us (the FK would fail
+# anyway, but then a redelivered message would retry forever instead of ending cleanly).
+# The 64-bit hash of a namespaced name: a collision only serialises two unrelated migrations.
+_LOCK = text(
+    """
+    SELECT pg_advisory_xact_lock(hashtextextended(:user_lock, 0)),
+           pg_advisory_xact_lock(hashtextextended(:session_lock, 0)),
+           (SELECT id FROM users WHERE id = :user_id FOR SHARE) AS owner
+    """
+)
+# Every guest row of both tables with its game's availability, locked until commit, and
+# (cart) the quantity of the user's line for the same game, locked too so the counts we
+# report match what the merge does even if the user edits the cart concurrently.
+_READ_GUEST = text(
+    """
+    WITH cart AS MATERIALIZED (
+        SELECT c.id, c.game_id, c.quantity, g.is_active, g.in_stock
+        FROM cart_items c JOIN games g ON g.id = c.game_id
+        WHERE c.session_id = :session_id
+        ORDER BY c.id
+        FOR UPDATE OF c
+    ), mine AS MATERIALIZED (
+        SELECT game_id, quantity FROM cart_items
+        WHERE user_id = :user_id AND game_id IN (SELECT game_id FROM cart)
+        FOR UPDATE
+    ), wish AS MATERIALIZED (
+        SELECT w.id, w.game_id, g.is_active, g.in_stock
+        FROM wishlist_items w JOIN games g ON g.id = w.game_id
+        WHERE w.session_id = :session_id
+        ORDER BY w.id
+        FOR UPDATE OF w
+    )
+    SELECT 'cart' AS kind, cart.id, cart.game_id, cart.quantity, cart.is_active,
+           cart.in_stock, mine.quantity AS mine
+    FROM cart LEFT JOIN mine ON mine.game_id = cart.game_id
+    UNION ALL
+    SELECT 'wishlist', wish.id, wish.game_id, 0, wish.is_active, wish.in_stock, NULL
+    FROM wish
+    ORDER BY kind, id
+    """
+)
+# The merge in one statement: available cart lines added onto the user's (capped) or moved,
+# available wishlist entries moved unless the user has them, and exactly the guest rows read
+# deleted (a line the guest adds while we run stays in the session instead of vanishing
+# unmigrated). Returns how many wishlist entries were new to the user.
+_MERGE = text(
+    """
+    WITH cart AS (
+        INSERT INTO cart_items (user_id, game_id, quantity)
+        SELECT :user_id, t.game_id, least(t.quantity, :max_quantity)
+        FROM unnest(CAST(:cart_games AS uuid[]), CAST(:cart_quantities AS integer[]))
+            AS t(game_id, quantity)
+        ON CONFLICT (user_id, game_id) WHERE user_id IS NOT NULL
+        DO UPDATE SET quantity = least(cart_items.quantity + excluded.quantity, :max_quantity)
+    ), cart_gone AS (
+        DELETE FROM cart_items WHERE id = ANY(CAST(:cart_ids AS bigint[]))
+    ), wished AS (
+        INSERT INTO wishlist_items (user_id, game_id)
+        SELECT :user_id, t.game_id FROM unnest(CAST(:wish_games AS uuid[])) AS t(game_id)
+        ON CONFLICT (user_id, game_id) WHERE user_id IS NOT NULL DO NOTHING
+        RETURNING game_id
+    ), wish_gone AS (
+        DELETE FROM wishlist_items WHERE id = ANY(CAST(:wish_ids AS bigint[]))
+    )
+    SELECT count(*) FROM wished
+    """
+)
 
 
 def has_guest_data(session: Session, session_id: str) -> bool:
@@ -83,17 +147,17 @@ def migrate_guest_data(
     bound = log.bind(user_id=str(user_id), guest_session=session_id[:8])
     result = MigrationResult()
     with session.begin():
-        _advisory_lock(session, f"keysync:migrate:user:{user_id}")
-        _advisory_lock(session, f"keysync:migrate:session:{session_id}")
-        # FOR SHARE keeps the user from being deleted under us (the FK would fail anyway,
-        # but then a redelivered message would retry forever instead of ending cleanly).
-        if session.execute(
-            select(User.id).where(User.id == user_id).with_for_update(read=True)
-        ).first() is None:
+        conn = session.connection()
+        if conn.execute(_LOCK, {
+            "user_lock": f"keysync:migrate:user:{user_id}",
+            "session_lock": f"keysync:migrate:session:{session_id}",
+            "user_id": user_id,
+        }).one().owner is None:
             bound.warning("guest data migration skipped: user does not exist")
             return result
-        _migrate_cart(session, session_id, user_id, result)
-        _migrate_wishlist(session, session_id, user_id, result)
+        guest = conn.execute(_READ_GUEST, {"session_id": session_id, "user_id": user_id}).all()
+        if guest:
+            _merge(conn, user_id, guest, result)
     for fate, rows in (
         ("migrated", result.migrated),
         ("merged", result.merged),
@@ -115,21 +179,37 @@ def migrate_guest_data(
     return result
 
 
-# The columns differ per table (the cart adds `quantity`); rows are read by name.
+def _merge(
+    conn: Connection, user_id: uuid.UUID, guest: Sequence[GuestRow], result: MigrationResult
+) -> None:
+    """Count what the merge of the locked `guest` rows does, then do it in one statement."""
+    cart = [row for row in guest if row.kind == "cart"]
+    wishes = [row for row in guest if row.kind == "wishlist"]
+    moved = _keep_available(cart, is_buyable, result)
+    for row in moved:
+        if row.mine is not None:
+            result.merged += 1
+        else:
+            result.migrated += 1
+        if (row.mine or 0) + row.quantity > MAX_QUANTITY:
+            result.capped += 1
+    # Out-of-stock games stay wishable (see services.cart.wishlist); only delisted ones go.
+    wished = _keep_available(wishes, is_listed, result)
+    inserted = conn.execute(_MERGE, {
+        "user_id": user_id,
+        "max_quantity": MAX_QUANTITY,
+        "cart_games": [row.game_id for row in moved],
+        "cart_quantities": [row.quantity for row in moved],
+        "cart_ids": [row.id for row in cart],
+        "wish_games": [row.game_id for row in wished],
+        "wish_ids": [row.id for row in wishes],
+    }).scalar_one()
+    result.migrated += inserted
+    result.skipped_duplicates += len(wished) - inserted
+
+
+# Rows of `_READ_GUEST`, read by name.
 GuestRow = Row[*tuple[Any, ...]]
-
-
-def _lock_guest_rows(
-    session: Session, model: ItemModel, session_id: str, *extra: InstrumentedAttribute[int]
-) -> Sequence[GuestRow]:
-    """The guest's rows with their game's availability, locked until commit."""
-    return session.execute(
-        select(model.id, model.game_id, *extra, Game.is_active, Game.in_stock)
-        .join(Game, Game.id == model.game_id)
-        .where(model.session_id == session_id)
-        .order_by(model.id)
-        .with_for_update(of=model)
-    ).all()
 
 
 def _keep_available(
@@ -144,81 +224,3 @@ def _keep_available(
             result.skipped_unavailable += 1
             result.unavailable_game_ids.append(str(row.game_id))
     return available
-
-
-def _migrate_cart(
-    session: Session, session_id: str, user_id: uuid.UUID, result: MigrationResult
-) -> None:
-    guest = _lock_guest_rows(session, CartItem, session_id, CartItem.quantity)
-    if not guest:
-        return
-    available = _keep_available(guest, is_buyable, result)
-    if available:
-        # Lock the user's lines we are about to merge into, so the counts we report match
-        # what the upsert does even if the user edits the cart concurrently.
-        existing = {
-            row.game_id: row.quantity
-            for row in session.execute(
-                select(CartItem.game_id, CartItem.quantity)
-                .where(
-                    CartItem.user_id == user_id,
-                    CartItem.game_id.in_([row.game_id for row in available]),
-                )
-                .with_for_update()
-            )
-        }
-        for row in available:
-            wanted = existing.get(row.game_id, 0) + row.quantity
-            if row.game_id in existing:
-                result.merged += 1
-            else:
-                result.migrated += 1
-            if wanted > MAX_QUANTITY:
-                result.capped += 1
-        statement = insert(CartItem).values(
-            [
-                {
-                    "user_id": user_id,
-                    "game_id": row.game_id,
-                    "quantity": min(row.quantity, MAX_QUANTITY),
-                }
-                for row in available
-            ]
-        )
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["user_id", "game_id"],
-                index_where=CartItem.user_id.is_not(None),
-                set_={
-                    "quantity": func.least(
-                        CartItem.quantity + statement.excluded.quantity, MAX_QUANTITY
-                    )
-                },
-            )
-        )
-    # Delete exactly the rows read and locked: a line the guest adds while we run stays in
-    # the session instead of vanishing unmigrated.
-    session.execute(delete(CartItem).where(CartItem.id.in_([row.id for row in guest])))
-
-
-def _migrate_wishlist(
-    session: Session, session_id: str, user_id: uuid.UUID, result: MigrationResult
-) -> None:
-    guest = _lock_guest_rows(session, WishlistItem, session_id)
-    if not guest:
-        return
-    # Out-of-stock games stay wishable (see services.cart.wishlist); only delisted ones are dropped.
-    available = _keep_available(guest, is_listed, result)
-    if available:
-        inserted = session.execute(
-            insert(WishlistItem)
-            .values([{"user_id": user_id, "game_id": row.game_id} for row in available])
-            .on_conflict_do_nothing(
-                index_elements=["user_id", "game_id"],
-                index_where=WishlistItem.user_id.is_not(None),
-            )
-            .returning(WishlistItem.game_id)
-        ).all()
-        result.migrated += len(inserted)
-        result.skipped_duplicates += len(available) - len(inserted)
-    session.execute(delete(WishlistItem).where(WishlistItem.id.in_([row.id for row in guest])))

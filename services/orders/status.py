@@ -107,6 +107,11 @@ def parse_status(value: str) -> OrderStatus:
         raise ValueError(f"unknown order status {value!r}") from None
 
 
+def allows(previous: OrderStatus, target: OrderStatus) -> bool:
+    """Whether `previous -> target` is a forward move (what `apply` accepts)."""
+    return target != previous and target in _ALLOWED.get(previous, frozenset())
+
+
 def lock_order(session: Session, order_id: uuid.UUID) -> Order | None:
     """Row-lock the order for the rest of the caller's transaction (None if it is unknown)."""
     return session.execute(
@@ -182,7 +187,7 @@ def apply(
             return None
     bound = log.bind(order_id=str(order.id), source=source)
     previous = order.status
-    if target == previous or target not in _ALLOWED.get(previous, frozenset()):
+    if not allows(previous, target):
         bound.info("order status change ignored", current=previous.value, requested=target.value)
         return Transition(order.id, order.user_id, previous, previous, changed=False)
     refund = Decimal(order.total) if target in REFUNDING else Decimal(0)

@@ -7,6 +7,8 @@ the event with `ON CONFLICT (event_id) DO NOTHING`, so a redelivery of the same
 enqueued in that transaction and sent after its commit; an event whose job never arrives is
 still an unprocessed row, which the sweeper (`service.sweep`) re-sends, so that actor needs
 no outbox row (see `worker.enqueue`). Processing is in `service`.
+
+`inbox_writer.store_async` is the same insert for the web's event loop (group commit).
 """
 
 from __future__ import annotations

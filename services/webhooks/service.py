@@ -1,8 +1,10 @@
 """Processing G2A status webhooks stored by `intake`: idempotent, orphans kept, a sweeper.
 
-`process_event`: one transaction locks the event row, resolves the order, applies the
-status through `order_status.apply` (which row-locks the order) and marks the event
-processed, so "applied" and "processed" commit together or not at all. Events whose order
+`process_event`: one transaction claims and locks the event row and row-locks its order
+(one statement), then moves the order forward under `order_status`'s rules (`allows`;
+COMPLETED, which counts keys, through `order_status.apply` itself), refunds once and marks
+the event processed (one more statement), so "applied" and "processed" commit together or
+not at all. Core statements throughout: this is the worker's hottest path. Events whose order
 is not known yet are kept as `orphan` and re-tried when the order (or its G2A order) appears
 (`enqueue_orphans`) and by the sweeper, which also re-enqueues events whose job was lost and
 dead-letters (`outcome = 'dead'`, kept for operators) what stays unprocessed past a bounded
@@ -12,15 +14,15 @@ time.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from decimal import Decimal
 
 import dramatiq
 import structlog
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import G2APurchase, G2APurchaseStatus, Order, OrderItem, OrderStatus, WebhookEvent
+from db.models import G2APurchase, G2APurchaseStatus, OrderStatus, WebhookEvent
 from services.cache import Cache
 from services.metrics import WEBHOOK_EVENTS
 from services.orders import status as order_status
@@ -38,16 +40,74 @@ class ProcessResult:
     transition: order_status.Transition | None = None
 
 
-def _lock_target_order(session: Session, data: dict[str, Any]) -> Order | None:
-    """Row-lock the order the event is about; None while it is unknown (an orphan)."""
-    if data.get("order_id"):
-        return order_status.lock_order(session, uuid.UUID(str(data["order_id"])))
-    order_id = session.scalar(
-        select(OrderItem.order_id)
-        .join(G2APurchase, G2APurchase.order_item_id == OrderItem.id)
-        .where(G2APurchase.g2a_order_id == str(data["external_order_id"]))
+# One round trip claims the event and locks its order, in that order. The UPDATE row-locks
+# the event (a concurrent delivery of the same job queues up here, then re-checks the WHERE
+# against the committed row, finds `processed_at` set and gets nothing back); only then does
+# the lateral subquery resolve the order and row-lock it, the lock that serialises every
+# status change of that order (webhooks, fulfilment, poller). No order row: an orphan.
+_CLAIM_AND_LOCK = text(
+    """
+    WITH claimed AS (
+        UPDATE webhook_events SET attempts = attempts + 1
+        WHERE event_id = :event_id AND processed_at IS NULL
+          AND outcome IS DISTINCT FROM :dead
+        RETURNING payload
     )
-    return None if order_id is None else order_status.lock_order(session, order_id)
+    SELECT claimed.payload, target.id, target.user_id, target.status, target.total
+    FROM claimed LEFT JOIN LATERAL (
+        SELECT id, user_id, status, total FROM orders
+        WHERE id = CASE
+            WHEN coalesce(claimed.payload -> 'data' ->> 'order_id', '') <> ''
+            THEN CAST(claimed.payload -> 'data' ->> 'order_id' AS uuid)
+            ELSE (SELECT order_items.order_id FROM order_items
+                  JOIN g2a_purchases ON g2a_purchases.order_item_id = order_items.id
+                  WHERE g2a_purchases.g2a_order_id
+                        = claimed.payload -> 'data' ->> 'external_order_id'
+                  LIMIT 1)
+        END
+        FOR UPDATE
+    ) AS target ON true
+    """
+)
+# The forward move (when `changed`), its refund exactly once, the balance credit only when
+# that refund row was inserted (the partial unique index allows one REFUND per order), and
+# the event marked done: one statement, so "applied" and "processed" commit together. The
+# order is already locked; the refund row and the user are touched in `status._refund_once`'s
+# order (transactions, then users), so lock order is unchanged.
+_SETTLE = text(
+    """
+    WITH moved AS (
+        UPDATE orders SET status = :status, updated_at = now()
+        WHERE id = :order_id AND CAST(:changed AS boolean)
+        RETURNING id, user_id
+    ), refund AS (
+        INSERT INTO transactions (id, user_id, order_id, type, amount, status)
+        SELECT :refund_id, user_id, id, 'REFUND', :amount, 'COMPLETED' FROM moved
+        WHERE CAST(:amount AS numeric) > 0
+        ON CONFLICT (order_id, type)
+            WHERE order_id IS NOT NULL AND type IN ('PURCHASE', 'REFUND')
+        DO NOTHING
+        RETURNING user_id, amount
+    ), credited AS (
+        UPDATE users SET balance = balance + refund.amount
+        FROM refund WHERE users.id = refund.user_id
+        RETURNING users.id
+    )
+    UPDATE webhook_events SET processed_at = now(), outcome = :outcome, last_error = NULL
+    WHERE event_id = :event_id
+    RETURNING (SELECT count(*) FROM credited)
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Locked:
+    """The row-locked order an event is about, as read under its lock."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    status: OrderStatus
+    total: Decimal
 
 
 def process_event(
@@ -75,26 +135,32 @@ def process_event(
 def _process_in_transaction(
     session: Session, broker: dramatiq.Broker, event_id: str
 ) -> ProcessResult:
-    # The event lock makes concurrent deliveries of the same job queue up; the loser then
-    # sees processed_at set and does nothing.
-    event = session.execute(
-        select(WebhookEvent).where(WebhookEvent.event_id == event_id).with_for_update()
-    ).scalar_one_or_none()
-    if event is None:
-        return ProcessResult(event_id, WebhookOutcome.MISSING)
-    if event.processed_at is not None or event.outcome == WebhookOutcome.DEAD:
-        return ProcessResult(event_id, WebhookOutcome.ALREADY)
-    event.attempts += 1
-    data = event.payload.get("data", {})
+    # Core statements on the session's connection: the ORM's unit of work was most of the
+    # CPU this hot path spent, for rows it never needed as objects.
+    conn = session.connection()
+    claimed = conn.execute(
+        _CLAIM_AND_LOCK, {"event_id": event_id, "dead": WebhookOutcome.DEAD.value}
+    ).first()
+    if claimed is None:
+        known = conn.execute(
+            select(WebhookEvent.id).where(WebhookEvent.event_id == event_id)
+        ).first()
+        return ProcessResult(
+            event_id, WebhookOutcome.MISSING if known is None else WebhookOutcome.ALREADY
+        )
+    data = claimed.payload.get("data", {})
     status = order_status.parse_status(str(data.get("status", "")))
-    order = _lock_target_order(session, data)
-    if order is None:
-        event.outcome = WebhookOutcome.ORPHAN
+    if claimed.id is None:
+        conn.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.event_id == event_id)
+            .values(outcome=WebhookOutcome.ORPHAN)
+        )
         return ProcessResult(event_id, WebhookOutcome.ORPHAN)
+    order = _Locked(claimed.id, claimed.user_id, OrderStatus(claimed.status), claimed.total)
 
     bound = log.bind(order_id=str(order.id), webhook_id=event_id, status=status.value)
     external = data.get("external_order_id") if not data.get("order_id") else None
-    source = f"webhook:{event_id}"
     if external is not None and status is OrderStatus.COMPLETED:
         # A G2A order is done: its key is ready. The order itself completes only when every
         # key is stored, so this resumes fulfilment rather than completing the order.
@@ -104,7 +170,7 @@ def _process_in_transaction(
         )
     else:
         if external is not None and status in order_status.REFUNDING:
-            session.execute(
+            conn.execute(
                 update(G2APurchase)
                 .where(
                     G2APurchase.g2a_order_id == str(external),
@@ -115,18 +181,55 @@ def _process_in_transaction(
                 .values(status=G2APurchaseStatus.FAILED, last_error=f"g2a: {status.value}",
                         updated_at=func.now())
             )
-        applied = order_status.apply(session, order.id, status, source=source, order=order)
-        assert applied is not None  # the order is locked, so it exists
-        transition = applied
+        transition = _transition(session, order, status, source=f"webhook:{event_id}")
     if transition.needs_fulfilment:
         enqueue(session, broker, Actor.FULFIL_ORDER, str(order.id))
         bound.info("webhook resumes fulfilment")
-    event.processed_at = func.now()
     acted = transition.changed or transition.needs_fulfilment
     outcome = WebhookOutcome.PROCESSED if acted else WebhookOutcome.IGNORED
-    event.outcome = outcome
-    event.last_error = None
+    # A forward move `_transition` left to this statement (COMPLETED was written by apply).
+    pending = transition.changed and status is not OrderStatus.COMPLETED
+    refund = order.total if pending and status in order_status.REFUNDING else Decimal(0)
+    credited = conn.execute(_SETTLE, {
+        "status": status.value, "order_id": order.id, "changed": pending,
+        "refund_id": uuid.uuid4(), "amount": refund, "outcome": outcome.value,
+        "event_id": event_id,
+    }).scalar_one()
+    if pending:
+        transition = _settled(transition, refunded=credited > 0, source=f"webhook:{event_id}")
     return ProcessResult(event_id, outcome, order.id, transition)
+
+
+def _transition(
+    session: Session, order: _Locked, target: OrderStatus, *, source: str
+) -> order_status.Transition:
+    """What moving the locked `order` to `target` does. A forward move other than COMPLETED
+    is left to `_SETTLE` (changed, not yet refunded); COMPLETED needs the order's keys
+    counted, so it goes through `order_status.apply` itself, which writes it."""
+    if target is OrderStatus.COMPLETED:
+        applied = order_status.apply(session, order.id, target, source=source)
+        assert applied is not None  # the order is locked, so it exists
+        return applied
+    if not order_status.allows(order.status, target):
+        log.info("order status change ignored", order_id=str(order.id), source=source,
+                 current=order.status.value, requested=target.value)
+        return order_status.Transition(order.id, order.user_id, order.status, order.status,
+                                       changed=False)
+    return order_status.Transition(order.id, order.user_id, order.status, target,
+                                   changed=True)
+
+
+def _settled(
+    transition: order_status.Transition, *, refunded: bool, source: str
+) -> order_status.Transition:
+    # The same counters and line as `order_status.apply`, counted before commit like there.
+    order_status.ORDER_TRANSITIONS.labels(transition.status.value).inc()
+    if refunded:
+        order_status.REFUNDS.inc()
+    log.info("order status changed", order_id=str(transition.order_id), source=source,
+             previous=transition.previous.value, status=transition.status.value,
+             refunded=refunded)
+    return replace(transition, refunded=refunded)
 
 
 def _record_error(sessions: sessionmaker[Session], event_id: str, exc: Exception) -> None:

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.exc import DBAPIError
 
 from db.models import CartItem, Game, User, WishlistItem
@@ -195,3 +195,26 @@ def test_has_guest_data(session: Any, scenario: dict[str, Any]) -> None:
     with session.begin():
         assert migration.has_guest_data(session, SID)
         assert not migration.has_guest_data(session, "someone-else")
+
+
+def test_migration_costs_three_statements(session: Any, cache: Any, engine: Any,
+                                          scenario: dict[str, Any]) -> None:
+    """Locks, one read of both guest tables, one merge of both (plus BEGIN/COMMIT); a second
+    run stops after the read."""
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        first = migration.migrate_guest_data(session, cache, SID, scenario["user_id"])
+        assert len(statements) == 3, statements
+        statements.clear()
+        again = migration.migrate_guest_data(session, cache, SID, scenario["user_id"])
+        assert len(statements) == 2, statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert (first.migrated, first.merged, first.capped) == (2, 1, 1)
+    assert (first.skipped_unavailable, first.skipped_duplicates) == (3, 1)
+    assert not again.changed

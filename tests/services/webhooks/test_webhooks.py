@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from db.models import G2APurchase, G2APurchaseStatus, OrderItem, OrderStatus, WebhookEvent
 from keysync.resources import Resources
@@ -263,3 +263,44 @@ def test_sweeper_requeues_lost_jobs_and_dead_letters(
     assert _process(resources, lost).outcome == "processed"
     assert webhooks.sweep(resources.sessions, resources.broker, min_age_s=0).requeued == 0
     assert_invariants(resources, webhook_grace=False)
+
+
+def test_a_refunding_event_costs_two_statements(resources: Resources) -> None:
+    """The hot path: claim + order lock in one statement, the move, refund, credit and
+    processed mark in another (plus BEGIN/COMMIT); each effect exactly once."""
+    order_id, user_id = _order(resources, OrderStatus.PROCESSING)
+    msg_id = _store(resources, status_body("CANCELLED", order_id=order_id))
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(resources.engine, "before_cursor_execute", record)
+    try:
+        result = _process(resources, msg_id)
+    finally:
+        event.remove(resources.engine, "before_cursor_execute", record)
+    assert result.outcome == "processed" and result.transition is not None
+    assert result.transition.refunded and result.transition.status is OrderStatus.CANCELLED
+    assert len(statements) == 2, statements
+    assert order_row(resources, order_id).status is OrderStatus.CANCELLED
+    assert refunds(resources, order_id) == 1
+    assert balance(resources.sessions, user_id) == Decimal("100.00")
+    stored = _event(resources, msg_id)
+    assert (stored.outcome, stored.attempts, stored.last_error) == ("processed", 1, None)
+    assert stored.processed_at is not None
+    assert_invariants(resources, webhook_grace=False)
+
+
+def test_a_dead_event_is_left_alone(resources: Resources) -> None:
+    order_id, _ = _order(resources, OrderStatus.PROCESSING)
+    msg_id = _store(resources, status_body("FAILED", order_id=order_id))
+    with resources.sessions() as s, s.begin():
+        s.execute(update(WebhookEvent).where(WebhookEvent.event_id == msg_id)
+                  .values(outcome=WebhookOutcome.DEAD, attempts=50))
+    assert _process(resources, msg_id).outcome == "already"
+    assert _process(resources, "msg_never_stored").outcome == "missing"
+    stored = _event(resources, msg_id)
+    assert (stored.outcome, stored.attempts, stored.processed_at) == ("dead", 50, None)
+    assert order_row(resources, order_id).status is OrderStatus.PROCESSING
+    assert refunds(resources, order_id) == 0
