@@ -5,13 +5,19 @@ JavaScript off): two panels over the same time axis (the last `days`),
 The time axis ends now and reaches back `days`, or only to shortly before the oldest run
 in that window (a new installation's runs would otherwise crowd into one pixel column).
 
+Runs that fall on the same 3-pixel column are drawn as one mark: the longest duration
+(coloured by the worst ending among them), the changed and removed games summed, and a
+tooltip saying how many runs it holds. A month of 15-minute stock checks is ~3,000 runs on
+~700 pixels; one element per run made the page 1.1 MB of SVG and took 65 ms to draw, for
+marks drawn over each other anyway.
+
 Only numbers and fixed words go into the markup; the one free text (a tooltip's kind and
 status) is escaped.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from html import escape
 
@@ -23,6 +29,9 @@ WIDTH, LEFT, RIGHT = 760, 56, 12
 PANEL, GAP, TOP, AXIS = 120, 34, 22, 22
 HEIGHT = TOP + PANEL + GAP + PANEL + AXIS
 STATUS_CLASS = {"succeeded": "ok", "partial": "warn", "failed": "bad", "running": "run"}
+# Which ending a merged mark shows: the worst of its runs.
+_WORST_FIRST = ("failed", "partial", "succeeded", "running")
+MARK_WIDTH = 3.0
 
 
 @dataclass(frozen=True)
@@ -68,18 +77,63 @@ def _axis(y_top: float, height: float, top_label: str, bottom_label: str, title:
     )
 
 
-def _tip(point: SyncChartPoint) -> str:
-    duration = "-" if point.duration_s is None else f"{point.duration_s:.1f} s"
-    return escape(f"{point.started_at:%Y-%m-%d %H:%M} {point.kind.value} {point.status.value}: "
-                  f"{duration}, {point.changed} changed, {point.removed} removed")
+@dataclass
+class _Mark:
+    """The runs drawn at one column `x`."""
+
+    x: float
+    runs: list[SyncChartPoint] = field(default_factory=list)
+
+    @property
+    def changed(self) -> int:
+        return sum(p.changed for p in self.runs)
+
+    @property
+    def removed(self) -> int:
+        return sum(p.removed for p in self.runs)
+
+    @property
+    def longest(self) -> SyncChartPoint | None:
+        """The finished run to draw as the dot: the longest, of the worst ending."""
+        finished = [p for p in self.runs if p.duration_s is not None]
+        if not finished:
+            return None
+        worst = min(_WORST_FIRST.index(p.status.value) for p in finished)
+        return max((p for p in finished if _WORST_FIRST.index(p.status.value) == worst),
+                   key=lambda p: p.duration_s or 0.0)
+
+    def tip(self) -> str:
+        first, last = self.runs[0], self.runs[-1]
+        longest = self.longest
+        duration = "-" if longest is None else f"{longest.duration_s:.1f} s"
+        if len(self.runs) == 1:
+            head = f"{first.started_at:%Y-%m-%d %H:%M} {first.kind.value} {first.status.value}"
+        else:
+            ending = "" if longest is None else f" ({longest.kind.value} {longest.status.value})"
+            head = (f"{len(self.runs)} runs {first.started_at:%Y-%m-%d %H:%M}"
+                    f" to {last.started_at:%H:%M}, longest{ending}")
+        return escape(f"{head}: {duration}, {self.changed} changed, {self.removed} removed")
 
 
-def _durations(points: list[SyncChartPoint], tips: list[str], xs: list[float]) -> str:
+def _marks(points: list[SyncChartPoint], frame: _Frame) -> list[_Mark]:
+    """`points` (oldest first) merged per MARK_WIDTH column of the plot."""
+    marks: list[_Mark] = []
+    for point in points:
+        column = int((frame.x(point.started_at) - LEFT) // MARK_WIDTH)
+        x = LEFT + (column + 0.5) * MARK_WIDTH
+        if not marks or marks[-1].x != x:
+            marks.append(_Mark(x))
+        marks[-1].runs.append(point)
+    return marks
+
+
+def _durations(marks: list[_Mark], tips: list[str]) -> str:
     y0 = TOP
-    top = _nice(max((p.duration_s or 0.0 for p in points), default=0.0))
+    dots = [(mark.longest, tip, mark.x) for mark, tip in zip(marks, tips, strict=True)]
+    top = _nice(max((p.duration_s or 0.0 for p, _, _ in dots if p is not None), default=0.0))
     parts = [_axis(y0, PANEL, f"{_fmt(top)} s", "0", "duration per run")]
-    for p, tip, x in zip(points, tips, xs, strict=True):
-        if p.duration_s is None:
+    for p, tip, x in dots:
+        if p is None or p.duration_s is None:
             continue
         y = y0 + PANEL - (p.duration_s / top) * PANEL
         css = STATUS_CLASS.get(p.status.value, "run")
@@ -88,10 +142,12 @@ def _durations(points: list[SyncChartPoint], tips: list[str], xs: list[float]) -
     return "".join(parts)
 
 
-def _counts(points: list[SyncChartPoint], tips: list[str], xs: list[float]) -> str:
+def _counts(marks: list[_Mark], tips: list[str]) -> str:
     y0 = TOP + PANEL + GAP
-    up = _nice(max((p.changed for p in points), default=0))
-    down = _nice(max((p.removed for p in points), default=0))
+    sums = [(mark.changed, mark.removed, tip, mark.x)
+            for mark, tip in zip(marks, tips, strict=True)]
+    up = _nice(max((changed for changed, _, _, _ in sums), default=0))
+    down = _nice(max((removed for _, removed, _, _ in sums), default=0))
     # The changed bars take the upper 3/4 of the panel, the removed bars hang below.
     zero = y0 + PANEL * 0.75
     parts = [_axis(y0, PANEL, _fmt(up), f"-{_fmt(down)}",
@@ -99,16 +155,16 @@ def _counts(points: list[SyncChartPoint], tips: list[str], xs: list[float]) -> s
              f'<line class="zero" x1="{LEFT}" y1="{zero:.1f}" x2="{WIDTH - RIGHT}" '
              f'y2="{zero:.1f}"/>',
              f'<text class="tick" x="{LEFT - 6}" y="{zero + 4:.0f}" text-anchor="end">0</text>']
-    for p, tip, x_run in zip(points, tips, xs, strict=True):
-        x = x_run - 1.5
-        if p.changed:
-            h = max(1.0, p.changed / up * PANEL * 0.75)
-            parts.append(f'<rect class="changed" x="{x:.1f}" y="{zero - h:.1f}" width="3" '
-                         f'height="{h:.1f}"><title>{tip}</title></rect>')
-        if p.removed:
-            h = max(1.0, p.removed / down * PANEL * 0.25)
-            parts.append(f'<rect class="removed" x="{x:.1f}" y="{zero:.1f}" width="3" '
-                         f'height="{h:.1f}"><title>{tip}</title></rect>')
+    for changed, removed, tip, x_mark in sums:
+        x = x_mark - MARK_WIDTH / 2
+        if changed:
+            h = max(1.0, changed / up * PANEL * 0.75)
+            parts.append(f'<rect class="changed" x="{x:.1f}" y="{zero - h:.1f}" '
+                         f'width="{MARK_WIDTH:g}" height="{h:.1f}"><title>{tip}</title></rect>')
+        if removed:
+            h = max(1.0, removed / down * PANEL * 0.25)
+            parts.append(f'<rect class="removed" x="{x:.1f}" y="{zero:.1f}" '
+                         f'width="{MARK_WIDTH:g}" height="{h:.1f}"><title>{tip}</title></rect>')
     return "".join(parts)
 
 
@@ -140,12 +196,9 @@ def _frame(chart: SyncChart, now: datetime) -> _Frame:
 def sync_chart(chart: SyncChart, *, now: datetime) -> Markup:
     """The chart of `chart`'s points as one inline `<svg>` (scales to its container)."""
     frame = _frame(chart, now)
-    # A run's tooltip and place are shared by its dot and its bars: made once per run
-    # (3,000 of them a month).
-    tips = [_tip(p) for p in chart.points]
-    xs = [frame.x(p.started_at) for p in chart.points]
-    body = (_durations(chart.points, tips, xs) + _counts(chart.points, tips, xs)
-            + _time_axis(frame))
+    marks = _marks(chart.points, frame)
+    tips = [mark.tip() for mark in marks]  # shared by a mark's dot and its bars
+    body = _durations(marks, tips) + _counts(marks, tips) + _time_axis(frame)
     label = f"Sync runs of the last {chart.days} days: {chart.total} runs"
     return Markup(
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '

@@ -287,3 +287,31 @@ def test_sync_chart_draws_one_dot_per_finished_run_and_escapes_its_tips() -> Non
     assert 'class="dot bad"' in svg and 'class="dot warn"' in svg
     assert "100 s" in svg  # the duration axis rounds 51.5 s up to a readable maximum
     assert "<script" not in svg
+
+
+def test_a_month_of_runs_is_merged_per_column_keeping_the_sums() -> None:
+    """3,000 runs (30 days of 15-minute stock checks) on ~700 pixels: one mark per 3-pixel
+    column, its bars the sums of its runs, its dot the worst ending among them."""
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    from db.models import SyncKind, SyncStatus
+    from services.ops.schemas import SyncChart, SyncChartPoint
+    from web.admin.charts import LEFT, MARK_WIDTH, RIGHT, WIDTH, sync_chart
+
+    now = datetime(2026, 1, 31, tzinfo=UTC)
+    points = [SyncChartPoint(started_at=now - timedelta(minutes=15 * (3000 - i)),
+                             kind=SyncKind.STOCK,
+                             status=SyncStatus.FAILED if i == 1500 else SyncStatus.SUCCEEDED,
+                             duration_s=1.0 + i % 7, changed=i % 5, removed=i % 2)
+              for i in range(3000)]
+    svg = str(sync_chart(SyncChart(days=30, points=points, total=3000), now=now))
+    columns = (WIDTH - LEFT - RIGHT) / MARK_WIDTH
+    assert columns / 2 < svg.count("<circle") <= columns + 1
+    assert len(svg) < 200_000
+    tips = re.findall(r'<circle class="dot (\w+)"[^>]*><title>([^<]*)</title>', svg)
+    assert sum(int(re.search(r"^(\d+) runs", t).group(1)) if " runs " in t else 1
+               for _, t in tips) == 3000
+    assert sum(int(re.search(r"(\d+) changed", t).group(1)) for _, t in tips) == sum(
+        p.changed for p in points)
+    assert [css for css, t in tips if "failed" in t] == ["bad"]
