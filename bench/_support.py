@@ -59,6 +59,17 @@ def postgres_server() -> Iterator[str]:
             server.stop()
 
 
+@contextmanager
+def servers_in_env() -> Iterator[tuple[str, str]]:
+    """Postgres and Redis (as `postgres_server`/`redis_server` choose them), exported as
+    DATABASE_URL, REDIS_URL and BROKER_URL for the `keysync` processes a benchmark spawns;
+    yields (database_url, redis_url)."""
+    with redis_server() as redis_url, postgres_server() as database_url:
+        os.environ.update(DATABASE_URL=database_url, REDIS_URL=redis_url, BROKER_URL=redis_url,
+                          LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"))
+        yield database_url, redis_url
+
+
 def percentiles(samples_s: Sequence[float]) -> tuple[float, float, float]:
     """p50, p95, p99 in milliseconds."""
     ordered = sorted(samples_s)

@@ -27,7 +27,6 @@ with at least 8 samples; the whole run takes under 3 minutes)
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import sys
@@ -40,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._support import percentiles, postgres_server, print_table, redis_server
+from bench._support import percentiles, print_table, servers_in_env
 
 ORDERS = 100_000
 EVENTS = 100_000
@@ -130,10 +129,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=30, help="requests per measurement")
     args = parser.parse_args()
     with ExitStack() as stack:
-        redis_url = stack.enter_context(redis_server())
-        database_url = stack.enter_context(postgres_server())
-        os.environ.update(DATABASE_URL=database_url, REDIS_URL=redis_url, BROKER_URL=redis_url,
-                          LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"))
+        stack.enter_context(servers_in_env())
         run(args, stack)
 
 

@@ -45,9 +45,8 @@ from bench._load import LoadResult, http_request, run_load
 from bench._support import (
     cpu_seconds,
     percentiles,
-    postgres_server,
     print_table,
-    redis_server,
+    servers_in_env,
     wait_http,
 )
 
@@ -97,10 +96,7 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=2)
     args = parser.parse_args()
     with ExitStack() as stack:
-        redis_url = stack.enter_context(redis_server())
-        database_url = stack.enter_context(postgres_server())
-        os.environ.update(DATABASE_URL=database_url, REDIS_URL=redis_url, BROKER_URL=redis_url,
-                          LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"))
+        stack.enter_context(servers_in_env())
         run(args, stack)
 
 
