@@ -17,13 +17,14 @@ from rich.table import Table
 
 from keysync.exit_codes import ExitCode
 from keysync.settings import get_settings
+from services.ops.errors import MAX_LIMIT
 
 if TYPE_CHECKING:  # `keysync --help` should not pay for SQLAlchemy and redis
     import redis
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
-LIMIT = click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000),
+LIMIT = click.option("--limit", default=50, show_default=True, type=click.IntRange(1, MAX_LIMIT),
                      help="at most this many items")
 JSON = click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 

@@ -11,6 +11,18 @@ class OpsInputError(InvalidInput):
     code = "invalid_request"
 
 
+# The largest page any operator listing returns (CLI `--limit`, console, JSON twins).
+MAX_LIMIT = 1000
+
+
+def check_page(limit: int, offset: int) -> None:
+    """Refuse a page no listing serves (nothing is read)."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise OpsInputError(f"limit must be 1..{MAX_LIMIT}")
+    if offset < 0:
+        raise OpsInputError("offset must be >= 0")
+
+
 class UnknownIds(OpsInputError):
     """Ids that name no dead letter / no webhook event: nothing was changed, so a typo
     never silently retries the wrong set."""

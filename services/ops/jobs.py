@@ -13,24 +13,15 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.ops import audit
-from services.ops.errors import OpsInputError, UnknownIds
+from services.ops.errors import OpsInputError, UnknownIds, check_page
 from services.ops.schemas import DiscardResult, JobList, JobState, JobView, RetryResult
 from worker.inspect import BrokerInspector, BrokerMessage, DeadLetters, Repair, State
-
-MAX_LIMIT = 1000
-
-
-def _check_page(limit: int, offset: int) -> None:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise OpsInputError(f"limit must be 1..{MAX_LIMIT}")
-    if offset < 0:
-        raise OpsInputError("offset must be >= 0")
 
 
 def list_jobs(broker_redis: redis.Redis, *, state: JobState | None = None,
               actor: str | None = None, limit: int = 50, offset: int = 0) -> JobList:
     """Messages of every queue, newest first (dead letters by when they died)."""
-    _check_page(limit, offset)
+    check_page(limit, offset)
     states = tuple(State) if state is None else (State(state.value),)
     page = BrokerInspector(broker_redis).search(states, actor=actor or None, offset=offset,
                                                 limit=limit)

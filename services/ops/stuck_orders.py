@@ -32,14 +32,13 @@ from db.models import (
     OrderStatus,
     User,
 )
-from services.ops.errors import OpsInputError
+from services.ops.errors import OpsInputError, check_page
 from services.ops.schemas import OrderOpsList, OrderOpsView
 from worker.enqueue import Actor
 from worker.inspect import BrokerInspector
 
 log = structlog.get_logger(__name__)
 
-MAX_LIMIT = 1000
 OPEN = (OrderStatus.PENDING, OrderStatus.PROCESSING)
 
 _G2A_STATE = {
@@ -90,10 +89,9 @@ def list_orders(
 ) -> OrderOpsList:
     """Orders newest first; with `stuck`, the open ones older than `stuck_after_s`, longest
     stuck first, each with `stuck_for_s` and its `reason`."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise OpsInputError(f"limit must be 1..{MAX_LIMIT}")
-    if offset < 0 or stuck_after_s <= 0:
-        raise OpsInputError("offset must be >= 0 and stuck_after_s > 0")
+    check_page(limit, offset)
+    if stuck_after_s <= 0:
+        raise OpsInputError("stuck_after_s must be > 0")
     now = now or datetime.now(UTC)
     where = [] if status is None else [Order.status == status]
     if stuck:

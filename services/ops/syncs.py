@@ -17,7 +17,7 @@ from sqlalchemy import Float, func, select
 from sqlalchemy.orm import Session
 
 from db.models import SyncKind, SyncRun, SyncStatus
-from services.ops.errors import OpsInputError
+from services.ops.errors import OpsInputError, check_page
 from services.ops.schemas import (
     RunningSync,
     SyncChart,
@@ -27,7 +27,6 @@ from services.ops.schemas import (
 )
 from services.ops.snapshot import sync_lock
 
-MAX_LIMIT = 1000
 MAX_DAYS = 366
 # Points per chart: a 30-day window of stock checks every 15 minutes plus the full syncs
 # (2,940), fewer than a browser struggles with. The newest are kept.
@@ -52,10 +51,7 @@ def list_runs(session: Session, *, kind: SyncKind | None = None,
               status: SyncStatus | None = None, limit: int = 50, offset: int = 0,
               now: datetime | None = None) -> SyncRunList:
     """Runs newest first; a running run's `duration_s` counts up to `now` when given."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise OpsInputError(f"limit must be 1..{MAX_LIMIT}")
-    if offset < 0:
-        raise OpsInputError("offset must be >= 0")
+    check_page(limit, offset)
     where = []
     if kind is not None:
         where.append(SyncRun.kind == kind)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import AdminAction, WebhookEvent
 from services.ops import audit
-from services.ops.errors import OpsInputError, UnknownIds
+from services.ops.errors import OpsInputError, UnknownIds, check_page
 from services.ops.schemas import (
     InboxOutcome,
     ReplayResult,
@@ -32,7 +32,6 @@ from services.ops.schemas import (
 from services.webhooks.schemas import WebhookOutcome
 from worker.enqueue import Actor, enqueue
 
-MAX_LIMIT = 1000
 # Dead events reset per transaction by `replay(dead=True)`.
 REPLAY_BATCH = 500
 
@@ -63,13 +62,18 @@ def event_view(event: WebhookEvent) -> WebhookEventView:
     )
 
 
+def get_event(session: Session, event_id: str
+              ) -> tuple[WebhookEventView, dict[str, Any]] | None:
+    """One event and its stored body (what the sender signed: type and data, no header,
+    no secret); None for an unknown id."""
+    event = session.scalar(select(WebhookEvent).where(WebhookEvent.event_id == event_id))
+    return None if event is None else (event_view(event), event.payload)
+
+
 def list_events(session: Session, *, outcome: InboxOutcome | None = None, limit: int = 50,
                 offset: int = 0) -> WebhookList:
     """The inbox, newest first (indexed on (outcome, received_at))."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise OpsInputError(f"limit must be 1..{MAX_LIMIT}")
-    if offset < 0:
-        raise OpsInputError("offset must be >= 0")
+    check_page(limit, offset)
     where = [] if outcome is None else [outcome_filter(outcome)]
     rows = session.scalars(
         select(WebhookEvent).where(*where)

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
 from services.ops import jobs, webhook_inbox
-from services.ops.errors import OpsInputError, UnknownIds
+from services.ops.errors import OpsInputError
 from web.admin.session import CheckedAdminDep, ConsoleRoute
 from web.deps import ResourcesDep
 
@@ -78,7 +78,7 @@ def _repair(operation: Any, done: str, admin: str, resources: ResourcesDep, ids:
     try:
         result = operation(resources.sessions, resources.broker.client, actor=admin,
                            ids=chosen[0], all_=chosen[1], actor_filter=actor or None)
-    except (UnknownIds, OpsInputError):
+    except OpsInputError:  # unknown ids included
         return _back("jobs", "unknown", state="dead", actor=actor)
     count = result.retried if done == "retried" else result.discarded
     return _back("jobs", done, count, state="dead", actor=actor)
@@ -96,6 +96,6 @@ def replay_webhooks(admin: CheckedAdminDep, resources: ResourcesDep,
     try:
         result = webhook_inbox.replay(resources.sessions, resources.broker, actor=admin.email,
                                       event_ids=chosen[0], dead=chosen[1])
-    except (UnknownIds, OpsInputError):
+    except OpsInputError:  # unknown ids included
         return _back("webhooks", "unknown", outcome=outcome)
     return _back("webhooks", "replayed", result.replayed, outcome=outcome)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from db.models import OrderStatus, SyncKind, SyncStatus
 from services.ops import audit, jobs, order_timeline, stuck_orders, syncs, webhook_inbox
+from services.ops.errors import MAX_LIMIT
 from services.ops.schemas import (
     AdminActionList,
     DiscardResult,
@@ -50,7 +51,7 @@ MAX_IDS = 1000
 # Large enough for any real page, small enough for Postgres' OFFSET and Redis ranges.
 MAX_OFFSET = 1_000_000_000
 
-Limit = Annotated[int, Query(ge=1, le=jobs.MAX_LIMIT)]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 

@@ -15,10 +15,9 @@ from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import select
 from starlette.responses import FileResponse, Response
 
-from db.models import OrderStatus, WebhookEvent
+from db.models import OrderStatus
 from keysync.resources import Resources
 from services.ops import audit, jobs, stuck_orders, syncs, webhook_inbox
 from services.ops.order_timeline import timeline
@@ -135,13 +134,12 @@ def webhooks_page(request: Request, admin: AdminDep, resources: ResourcesDep,
 @router.get("/webhooks/{event_id}")
 def webhook_page(request: Request, admin: AdminDep, resources: ResourcesDep,
                  event_id: str) -> Response:
-    # The stored body is what the sender signed: type and data, no header and no secret.
     with resources.sessions() as session:
-        event = session.scalar(select(WebhookEvent).where(WebhookEvent.event_id == event_id))
-        if event is None:
-            return render.message(request, 404, "Not found", "No webhook event with this id.",
-                                  admin=admin)
-        view, payload = webhook_inbox.event_view(event), event.payload
+        found = webhook_inbox.get_event(session, event_id)
+    if found is None:
+        return render.message(request, 404, "Not found", "No webhook event with this id.",
+                              admin=admin)
+    view, payload = found
     return _page(request, admin, "webhooks", "webhook.html",
                  {"event": view, "payload": payload})
 
