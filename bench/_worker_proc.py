@@ -30,26 +30,3 @@ def worker_process(*modules: str, processes: int, threads: int) -> Iterator[int]
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
-
-
-def tree_cpu_s(root: int) -> float:
-    """User+system CPU seconds of `root` and every live descendant (from /proc)."""
-    children: dict[int, list[int]] = {}
-    stats: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid, ppid = int(entry), int(fields[1])
-        children.setdefault(ppid, []).append(pid)
-        stats[pid] = (int(fields[11]) + int(fields[12])) / tick
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += stats.get(pid, 0.0)
-        todo.extend(children.get(pid, []))
-    return total

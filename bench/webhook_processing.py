@@ -29,8 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._support import postgres_server, print_table, redis_server
-from bench._worker_proc import tree_cpu_s, worker_process
+from bench._support import cpu_seconds, postgres_server, print_table, redis_server
+from bench._worker_proc import worker_process
 
 TOTAL = Decimal("10.00")
 
@@ -44,13 +44,13 @@ def drain(redis: Any, queue: str, n: int, processes: int, threads: int) -> tuple
             if time.monotonic() > deadline:
                 raise SystemExit("the worker did not start")
             time.sleep(0.002)
-        started, cpu0, first_left = time.perf_counter(), tree_cpu_s(pid), left
+        started, cpu0, first_left = time.perf_counter(), cpu_seconds(pid), left
         deadline = time.monotonic() + 600
         while (left := int(redis.hlen(pending))) > 0:
             if time.monotonic() > deadline:
                 raise SystemExit(f"{left} messages never finished")
             time.sleep(0.005)
-        elapsed, cpu = time.perf_counter() - started, tree_cpu_s(pid) - cpu0
+        elapsed, cpu = time.perf_counter() - started, cpu_seconds(pid) - cpu0
     return first_left / elapsed, cpu * 1000 / first_left
 
 
