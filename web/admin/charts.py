@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from html import escape
 
 from markupsafe import Markup
@@ -79,20 +80,21 @@ def _axis(y_top: float, height: float, top_label: str, bottom_label: str, title:
 
 @dataclass
 class _Mark:
-    """The runs drawn at one column `x`."""
+    """The runs drawn at one column `x` (its figures are read once it is complete, by its
+    tooltip and by both panels: computed once)."""
 
     x: float
     runs: list[SyncChartPoint] = field(default_factory=list)
 
-    @property
+    @cached_property
     def changed(self) -> int:
         return sum(p.changed for p in self.runs)
 
-    @property
+    @cached_property
     def removed(self) -> int:
         return sum(p.removed for p in self.runs)
 
-    @property
+    @cached_property
     def longest(self) -> SyncChartPoint | None:
         """The finished run to draw as the dot: the longest, of the worst ending."""
         finished = [p for p in self.runs if p.duration_s is not None]
