@@ -59,6 +59,14 @@ def _settled(resources: Any) -> bool:
             WebhookEvent.processed_at.is_(None)))
 
 
+def _handled(resources: Any) -> bool:
+    """Every event processed and its job finished: the message leaves dramatiq's
+    `.msgs` hash only when acknowledged, after the actor returned, so after the cache
+    invalidation that follows the commit (`_settled` alone can see the commit first)."""
+    pending = resources.broker.client.hvals("dramatiq:default.msgs")
+    return _settled(resources) and not any(b'"process_webhook_event"' in m for m in pending)
+
+
 def test_accepted_then_duplicate(resources: Any, client: TestClient) -> None:
     order_id, _ = _order(resources)
     body = status_body("FAILED", order_id=order_id)
@@ -174,7 +182,7 @@ def test_cached_order_read_after_webhook_shows_new_status(
     body = status_body("cancelled", order_id=order_id)
     assert client.post("/webhooks/g2a", content=body, headers=signed_headers(body)
                        ).status_code == 202
-    wait_until(lambda: _settled(resources), 10)
+    wait_until(lambda: _handled(resources), 10)
     assert client.get(f"/orders/{order_id}", headers=auth).json()["status"] == "CANCELLED"
     assert client.get("/orders", headers=auth).json()["items"][0]["status"] == "CANCELLED"
 
