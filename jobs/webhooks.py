@@ -15,8 +15,9 @@ SCHEDULE = (Every(Actor.SWEEP_WEBHOOK_EVENTS, "* * * * *", grace_s=60),)
 
 @dramatiq.actor(broker=broker, max_retries=10, time_limit=5 * 60_000)
 def process_webhook_event(event_id: str) -> None:
-    resources = current_job().resources
-    webhooks.process_event(resources.sessions, resources.broker, resources.cache, event_id)
+    # Grouped with the events other threads of this process are handling: one transaction
+    # for all of them (services.webhooks.batch).
+    current_job().resources.webhook_batcher().process(event_id)
 
 
 @dramatiq.actor(broker=broker, max_retries=0, time_limit=5 * 60_000)

@@ -63,7 +63,10 @@ def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
             exception_formatter=structlog.dev.plain_traceback,
         )
     )
-    _PROCESSORS[:] = [*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
+    # Level first: a line below LOG_LEVEL is dropped before it is stamped, redacted and
+    # wrapped (on the worker's hot path that was most of what logging cost).
+    _PROCESSORS[:] = [structlog.stdlib.filter_by_level, *shared,
+                      structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
     structlog.configure(
         processors=_PROCESSORS,
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -19,6 +19,7 @@ from db.session import make_engine, make_session_factory
 from keysync.settings import Settings
 from services.cache import Cache, CacheOutbox, make_cache_redis
 from services.g2a import G2AClient, make_client, make_http
+from services.webhooks.batch import EventBatcher
 
 
 def make_redis(url: str) -> redis.Redis:
@@ -36,6 +37,7 @@ class Resources:
     broker: RedisBroker
     _g2a_http: httpx.Client | None = field(default=None, repr=False)
     _g2a_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _webhook_batcher: EventBatcher | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -69,6 +71,13 @@ class Resources:
     def g2a_client(self) -> G2AClient:
         """A G2A client for one job: shared connections and rate limit, its own counters."""
         return make_client(self.settings, self.g2a_http(), self.redis)
+
+    def webhook_batcher(self) -> EventBatcher:
+        """The process's group commit for webhook events (worker threads share it)."""
+        with self._g2a_lock:
+            if self._webhook_batcher is None:
+                self._webhook_batcher = EventBatcher(self.sessions, self.broker, self.cache)
+            return self._webhook_batcher
 
     def close(self) -> None:
         if self._g2a_http is not None:

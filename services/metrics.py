@@ -63,6 +63,11 @@ WEBHOOK_EVENTS = Counter(
     "Webhook deliveries and their processing, by outcome",
     ["outcome"],
 )  # accepted | duplicate | bad_signature | bad_request | too_large | processed | orphan | dead
+WEBHOOK_BATCH_EVENTS = Histogram(
+    "keysync_webhook_batch_events",
+    "Events per group-committed webhook batch (batches of two or more)",
+    buckets=(2, 4, 8, 16, 32, 64),
+)
 SYNC_PRODUCTS = Counter(
     "keysync_sync_products_total",
     "Products seen by catalog syncs and stock checks, by outcome",

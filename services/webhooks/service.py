@@ -14,12 +14,16 @@ time.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from typing import cast
 
 import dramatiq
+import psycopg
 import structlog
-from sqlalchemy import func, or_, select, text, update
+from psycopg.rows import TupleRow
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import G2APurchase, G2APurchaseStatus, OrderStatus, WebhookEvent
@@ -45,12 +49,12 @@ class ProcessResult:
 # against the committed row, finds `processed_at` set and gets nothing back); only then does
 # the lateral subquery resolve the order and row-lock it, the lock that serialises every
 # status change of that order (webhooks, fulfilment, poller). No order row: an orphan.
-_CLAIM_AND_LOCK = text(
+_CLAIM_AND_LOCK = (
     """
     WITH claimed AS (
         UPDATE webhook_events SET attempts = attempts + 1
-        WHERE event_id = :event_id AND processed_at IS NULL
-          AND outcome IS DISTINCT FROM :dead
+        WHERE event_id = %(event_id)s AND processed_at IS NULL
+          AND outcome IS DISTINCT FROM %(dead)s
         RETURNING payload
     )
     SELECT claimed.payload, target.id, target.user_id, target.status, target.total
@@ -74,16 +78,16 @@ _CLAIM_AND_LOCK = text(
 # the event marked done: one statement, so "applied" and "processed" commit together. The
 # order is already locked; the refund row and the user are touched in `status._refund_once`'s
 # order (transactions, then users), so lock order is unchanged.
-_SETTLE = text(
+_SETTLE = (
     """
     WITH moved AS (
-        UPDATE orders SET status = :status, updated_at = now()
-        WHERE id = :order_id AND CAST(:changed AS boolean)
+        UPDATE orders SET status = %(status)s, updated_at = now()
+        WHERE id = %(order_id)s AND CAST(%(changed)s AS boolean)
         RETURNING id, user_id
     ), refund AS (
         INSERT INTO transactions (id, user_id, order_id, type, amount, status)
-        SELECT :refund_id, user_id, id, 'REFUND', :amount, 'COMPLETED' FROM moved
-        WHERE CAST(:amount AS numeric) > 0
+        SELECT %(refund_id)s, user_id, id, 'REFUND', %(amount)s, 'COMPLETED' FROM moved
+        WHERE CAST(%(amount)s AS numeric) > 0
         ON CONFLICT (order_id, type)
             WHERE order_id IS NOT NULL AND type IN ('PURCHASE', 'REFUND')
         DO NOTHING
@@ -93,8 +97,8 @@ _SETTLE = text(
         FROM refund WHERE users.id = refund.user_id
         RETURNING users.id
     )
-    UPDATE webhook_events SET processed_at = now(), outcome = :outcome, last_error = NULL
-    WHERE event_id = :event_id
+    UPDATE webhook_events SET processed_at = now(), outcome = %(outcome)s, last_error = NULL
+    WHERE event_id = %(event_id)s
     RETURNING (SELECT count(*) FROM credited)
     """
 )
@@ -117,30 +121,71 @@ def process_event(
     with structlog.contextvars.bound_contextvars(webhook_id=event_id):
         try:
             with sessions() as session, session.begin():
-                result = _process_in_transaction(session, broker, event_id)
+                result = process_in_transaction(session, broker, event_id)
         except Exception as exc:
             _record_error(sessions, event_id, exc)
             raise
-    if result.outcome in (
-        WebhookOutcome.PROCESSED, WebhookOutcome.IGNORED, WebhookOutcome.ORPHAN
-    ):
-        WEBHOOK_EVENTS.labels(result.outcome).inc()
-    if result.transition is not None and result.transition.changed:
-        cache.invalidate(result.transition.cache_keys)
-    log.info("webhook event handled", webhook_id=event_id, outcome=result.outcome,
-             order_id=str(result.order_id) if result.order_id else None)
+    after_commit(cache, [result])
+    log_handled(result)
     return result
 
 
-def _process_in_transaction(
+def process_events(
+    sessions: sessionmaker[Session], broker: dramatiq.Broker, cache: Cache,
+    event_ids: Sequence[str],
+) -> dict[str, ProcessResult]:
+    """`process_event` for several events in one transaction (a group commit, see `batch`):
+    each event is applied exactly as alone, in the order given, so two events of one order
+    see each other's effect. Raises, with nothing applied, when any of them fails: the
+    caller then processes them one by one, which records each one's own error."""
+    with sessions() as session, session.begin():
+        results = {event_id: process_in_transaction(session, broker, event_id)
+                   for event_id in event_ids}
+    after_commit(cache, results.values())
+    return results
+
+
+def after_commit(cache: Cache, results: Iterable[ProcessResult]) -> None:
+    """Counters and cache invalidation for committed results (one Redis call for all)."""
+    stale: list[str] = []
+    for result in results:
+        if result.outcome in _COUNTED:
+            WEBHOOK_EVENTS.labels(result.outcome).inc()
+        if result.transition is not None and result.transition.changed:
+            stale.extend(result.transition.cache_keys)
+    cache.invalidate(stale)
+
+
+def log_handled(result: ProcessResult) -> None:
+    log.info("webhook event handled", webhook_id=result.event_id, outcome=result.outcome,
+             order_id=str(result.order_id) if result.order_id else None)
+
+
+_COUNTED = frozenset({WebhookOutcome.PROCESSED, WebhookOutcome.IGNORED, WebhookOutcome.ORPHAN})
+
+
+def process_in_transaction(
     session: Session, broker: dramatiq.Broker, event_id: str
 ) -> ProcessResult:
-    # Core statements on the session's connection: the ORM's unit of work was most of the
-    # CPU this hot path spent, for rows it never needed as objects.
+    """Claim, apply and mark one event inside the caller's transaction; the caller runs
+    `after_commit` once it has committed."""
+    # The two statements every event runs go straight to the driver, on the session's
+    # connection and in its transaction: the ORM's unit of work, then SQLAlchemy's
+    # execution layer, were most of the CPU this hot path spent, for rows it never needs
+    # as objects.
+    driver = cast("psycopg.Connection[TupleRow]",
+                  session.connection().connection.driver_connection)
+    with driver.cursor() as cursor:
+        return _process(session, cursor, broker, event_id)
+
+
+def _process(
+    session: Session, cursor: psycopg.Cursor[TupleRow], broker: dramatiq.Broker, event_id: str
+) -> ProcessResult:
     conn = session.connection()
-    claimed = conn.execute(
+    claimed = cursor.execute(
         _CLAIM_AND_LOCK, {"event_id": event_id, "dead": WebhookOutcome.DEAD.value}
-    ).first()
+    ).fetchone()
     if claimed is None:
         known = conn.execute(
             select(WebhookEvent.id).where(WebhookEvent.event_id == event_id)
@@ -148,16 +193,17 @@ def _process_in_transaction(
         return ProcessResult(
             event_id, WebhookOutcome.MISSING if known is None else WebhookOutcome.ALREADY
         )
-    data = claimed.payload.get("data", {})
+    payload, order_id, user_id, order_status_value, total = claimed
+    data = payload.get("data", {})
     status = order_status.parse_status(str(data.get("status", "")))
-    if claimed.id is None:
+    if order_id is None:
         conn.execute(
             update(WebhookEvent)
             .where(WebhookEvent.event_id == event_id)
             .values(outcome=WebhookOutcome.ORPHAN)
         )
         return ProcessResult(event_id, WebhookOutcome.ORPHAN)
-    order = _Locked(claimed.id, claimed.user_id, OrderStatus(claimed.status), claimed.total)
+    order = _Locked(order_id, user_id, OrderStatus(order_status_value), total)
 
     bound = log.bind(order_id=str(order.id), webhook_id=event_id, status=status.value)
     external = data.get("external_order_id") if not data.get("order_id") else None
@@ -190,13 +236,14 @@ def _process_in_transaction(
     # A forward move `_transition` left to this statement (COMPLETED was written by apply).
     pending = transition.changed and status is not OrderStatus.COMPLETED
     refund = order.total if pending and status in order_status.REFUNDING else Decimal(0)
-    credited = conn.execute(_SETTLE, {
+    settled = cursor.execute(_SETTLE, {
         "status": status.value, "order_id": order.id, "changed": pending,
         "refund_id": uuid.uuid4(), "amount": refund, "outcome": outcome.value,
         "event_id": event_id,
-    }).scalar_one()
+    }).fetchone()
+    assert settled is not None  # the event row is ours, claimed above
     if pending:
-        transition = _settled(transition, refunded=credited > 0, source=f"webhook:{event_id}")
+        transition = _settled(transition, refunded=settled[0] > 0, source=f"webhook:{event_id}")
     return ProcessResult(event_id, outcome, order.id, transition)
 
 

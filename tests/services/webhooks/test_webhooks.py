@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import event, func, select, update
+from sqlalchemy import func, select, update
 
 from db.models import G2APurchase, G2APurchaseStatus, OrderItem, OrderStatus, WebhookEvent
 from keysync.resources import Resources
@@ -265,21 +266,31 @@ def test_sweeper_requeues_lost_jobs_and_dead_letters(
     assert_invariants(resources, webhook_grace=False)
 
 
+class _CountingCursor(psycopg.Cursor[Any]):
+    """psycopg's own cursor, keeping what it sends: SQLAlchemy and the hot path's direct
+    statements both execute through a connection's `cursor_factory`."""
+
+    sent: list[str] = []
+
+    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append(str(query))
+        return super().execute(query, *args, **kwargs)
+
+
 def test_a_refunding_event_costs_two_statements(resources: Resources) -> None:
     """The hot path: claim + order lock in one statement, the move, refund, credit and
     processed mark in another (plus BEGIN/COMMIT); each effect exactly once."""
     order_id, user_id = _order(resources, OrderStatus.PROCESSING)
     msg_id = _store(resources, status_body("CANCELLED", order_id=order_id))
-    statements: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    event.listen(resources.engine, "before_cursor_execute", record)
-    try:
-        result = _process(resources, msg_id)
-    finally:
-        event.remove(resources.engine, "before_cursor_execute", record)
+    _CountingCursor.sent = statements = []
+    with resources.sessions() as s, s.begin():
+        driver = s.connection().connection.driver_connection
+        driver.cursor_factory = _CountingCursor
+        try:
+            result = webhooks.process_in_transaction(s, resources.broker, msg_id)
+        finally:
+            driver.cursor_factory = psycopg.Cursor
+    webhooks.after_commit(resources.cache, [result])
     assert result.outcome == "processed" and result.transition is not None
     assert result.transition.refunded and result.transition.status is OrderStatus.CANCELLED
     assert len(statements) == 2, statements
