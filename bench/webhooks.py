@@ -20,7 +20,11 @@ CPU seconds per event of each process (web, worker, client, Postgres, Redis) com
 user, so this measures the pipeline, not one row's lock; every refund is checked to have
 happened exactly once at the end.
 
-Usage: python bench/webhooks.py [--events 3000] [--worker-processes 2] [--threads 8]
+Postgres transactions committed per event (pg_stat_database, less this script's own
+queries; pool pings and the intake's inserts included) show the worker's group commit
+(`services.webhooks.batch`): below 1 when events share a transaction.
+
+Usage: python bench/webhooks.py [--events 3000] [--worker-processes 2] [--threads 4]
                                 [--connections 32] [--client-processes 2]
 """
 
@@ -65,22 +69,27 @@ class Phase:
     p50_ms: float | None = None
     p95_ms: float | None = None
     cpu_ms: dict[str, float] | None = None  # process -> CPU ms per event
+    commits: float | None = None  # Postgres transactions committed per event
 
 
 class Cpu:
     """CPU seconds of named process trees between `start()` and `stop()`."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], commits: Callable[[], int] | None = None) -> None:
         self.pids = pids
         self.before: dict[str, float] = {}
         self.spent: dict[str, float] = {}
+        self.commits = commits  # Postgres's committed-transaction counter, when given
+        self.commits_before = self.committed = 0
 
     def start(self) -> None:
         self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.commits_before = self.commits() if self.commits else 0
 
     def stop(self) -> None:
         self.spent = {name: cpu_seconds(pid) - self.before[name]
                       for name, pid in self.pids.items()}
+        self.committed = self.commits() - self.commits_before if self.commits else 0
 
     def per_event_ms(self, events: int, **extra_s: float) -> dict[str, float]:
         return {name: 1000 * s / events for name, s in {**self.spent, **extra_s}.items()}
@@ -91,7 +100,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=3000, help="events per phase")
     parser.add_argument("--worker-processes", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
+    parser.add_argument("--threads", type=int, default=4,
+                        help="threads per worker process (keysync worker's default)")
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections")
     parser.add_argument("--client-processes", type=int, default=2)
     args = parser.parse_args()
@@ -189,7 +199,11 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
     db = stack.enter_context(psycopg.connect(database_url.replace("+psycopg", ""),
                                              autocommit=True))
 
+    own_queries = 0  # each one an autocommit transaction of its own, not the product's
+
     def scalar(sql: str) -> Any:
+        nonlocal own_queries
+        own_queries += 1
         row = db.execute(sql).fetchone()
         assert row is not None
         return row[0]
@@ -197,6 +211,10 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
     def processed() -> int:
         return int(scalar("SELECT count(*) FROM webhook_events") -
                    scalar("SELECT count(*) FROM webhook_events WHERE processed_at IS NULL"))
+
+    def commits() -> int:
+        return int(scalar("SELECT xact_commit FROM pg_stat_database "
+                          "WHERE datname = current_database()")) - own_queries
 
     postgres_pid = int(Path(f"/proc/{scalar('SELECT pg_backend_pid()')}/stat").read_text()
                        .rpartition(")")[2].split()[1])  # the backend's parent: postmaster
@@ -260,14 +278,15 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
 
     # b. processing alone: the worker starts on the stored events, their messages queued
     with process([str(bin_dir / "keysync"), "worker", *workers]) as worker:
-        cpu = Cpu({"worker": worker.pid, "web": web.pid, **infra})
+        cpu = Cpu({"worker": worker.pid, "web": web.pid, **infra}, commits)
         stored = WARMUP_EVENTS + n
         rate = drain(processed, stored, cpu)
         phases.append(Phase("b. processing alone: processed/s (stored → processed_at)",
                             "b. processing", rate,
                             "no-op drain", noop_drain_rate,
                             cpu_ms={**cpu.per_event_ms(stored), **{
-                                f"no-op {k}": v for k, v in noop_drain_cpu.items()}}))
+                                f"no-op {k}": v for k, v in noop_drain_cpu.items()}},
+                            commits=cpu.committed / stored))
 
         # c. end to end: accepted → processed while both run
         cpu.start()
@@ -281,7 +300,7 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
         phases.append(Phase("c. end to end: accepted → processed_at, events/s", "c. end to end",
                             n / elapsed,
                             "no-op send → run", noop_e2e_rate, *percentiles(e2e.latencies_s)[:2],
-                            cpu.per_event_ms(n, client=e2e.cpu_s)))
+                            cpu.per_event_ms(n, client=e2e.cpu_s), cpu.committed / n))
         phases.append(Phase("   accepted/s meanwhile", "", e2e.rate(202), "", 0.0))
 
     check_exactly_once(scalar, WARMUP_EVENTS + 2 * n)
@@ -318,9 +337,10 @@ def report(args: argparse.Namespace, phases: list[Phase]) -> None:
              "no-op redis"]
     print_table(
         "CPU ms per event, by process (process trees; /proc/<pid>/stat)",
-        ["phase", *names],
+        ["phase", *names, "pg tx/event"],
         [[p.label, *(f"{p.cpu_ms[k]:.2f}" if k in p.cpu_ms else ""
-                                          for k in names)]
+                                          for k in names),
+          "" if p.commits is None else f"{p.commits:.2f}"]
          for p in phases if p.cpu_ms])
 
 
