@@ -36,7 +36,8 @@ class Resources:
     cache: Cache
     broker: RedisBroker
     _g2a_http: httpx.Client | None = field(default=None, repr=False)
-    _g2a_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Guards the lazily built `_g2a_http` and `_webhook_batcher` (worker threads share them).
+    _lazy_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _webhook_batcher: EventBatcher | None = field(default=None, repr=False)
 
     @classmethod
@@ -63,7 +64,7 @@ class Resources:
 
     def g2a_http(self) -> httpx.Client:
         """One pooled HTTP client to the G2A API per process (worker threads share it)."""
-        with self._g2a_lock:
+        with self._lazy_lock:
             if self._g2a_http is None:
                 self._g2a_http = make_http(self.settings)
             return self._g2a_http
@@ -74,7 +75,7 @@ class Resources:
 
     def webhook_batcher(self) -> EventBatcher:
         """The process's group commit for webhook events (worker threads share it)."""
-        with self._g2a_lock:
+        with self._lazy_lock:
             if self._webhook_batcher is None:
                 self._webhook_batcher = EventBatcher(self.sessions, self.broker, self.cache)
             return self._webhook_batcher
