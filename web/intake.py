@@ -16,17 +16,18 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import dramatiq
 import psycopg
 import structlog
+from dramatiq.brokers.redis import RedisBroker
 from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from sqlalchemy.engine import make_url
 
 from keysync.settings import Settings
+from services import job_outbox
 from services.webhooks.inbox_writer import InboxWriter
-from worker.enqueue import SWEPT_FROM_OWN_TABLE, Actor, send_now
+from worker.enqueue import SWEPT_FROM_OWN_TABLE, Actor
 
 log = structlog.get_logger(__name__)
 
@@ -80,13 +81,35 @@ class LoopPool:
             await self._idle.pop().close()
 
 
-def _send_forever(jobs: queue.Queue[str | None], broker: dramatiq.Broker, actor: Actor) -> None:
-    while (arg := jobs.get()) is not None:
-        try:
-            send_now(broker, actor, arg)
-        except Exception as exc:  # the broker is down: its sweeper re-sends the row's job
-            log.warning("broker unavailable; job left for its sweeper", actor=actor.value,
-                        error=str(exc))
+# Jobs sent in one Redis round trip at most: what queued while the last batch was in flight.
+SEND_BATCH = 500
+
+
+def _send_forever(jobs: queue.Queue[str | None], broker: RedisBroker, actor: Actor) -> None:
+    """Sends the queued ids until it takes the `None` that `close` queues last.
+
+    Everything that queued meanwhile goes in one pipelined round trip: this thread shares
+    the interpreter lock with a busy event loop and gets it back only every switch interval
+    (5 ms) after each wait on Redis, so one round trip per job capped it at a few hundred
+    jobs a second, below what the loop accepts; a burst then overflowed the backlog onto
+    the sweeper.
+    """
+    while True:
+        batch = [jobs.get()]
+        while len(batch) < SEND_BATCH:
+            try:
+                batch.append(jobs.get_nowait())
+            except queue.Empty:
+                break
+        ids = [arg for arg in batch if arg is not None]
+        if ids:
+            try:
+                job_outbox.send_many(broker, actor.value, [(arg,) for arg in ids])
+            except Exception as exc:  # the broker is down: its sweeper re-sends the rows' jobs
+                log.warning("broker unavailable; jobs left for their sweeper",
+                            actor=actor.value, jobs=len(ids), error=str(exc))
+        if len(ids) < len(batch):  # `close` queued the None after every id it must send
+            return
 
 
 def _stop(jobs: queue.Queue[str | None]) -> None:
@@ -103,7 +126,7 @@ class SweptJobSender:
     as for a job `worker.enqueue` failed to send after commit.
     """
 
-    def __init__(self, broker: dramatiq.Broker, actor: Actor, *, backlog: int = 10_000) -> None:
+    def __init__(self, broker: RedisBroker, actor: Actor, *, backlog: int = 10_000) -> None:
         if actor not in SWEPT_FROM_OWN_TABLE:
             raise ValueError(f"{actor} has no sweeper: send it with worker.enqueue")
         self.actor = actor
@@ -148,7 +171,7 @@ class WebhookIntake:
     first webhook in each loop (`web.deps`) and the webhook router's lifespan closes it.
     """
 
-    def __init__(self, settings: Settings, broker: dramatiq.Broker, *,
+    def __init__(self, settings: Settings, broker: RedisBroker, *,
                  name: str = "keysync-web-intake") -> None:
         settings.require("database_url")
         self.loop = asyncio.get_running_loop()

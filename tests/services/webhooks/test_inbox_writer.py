@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 import uuid
 from typing import Any
@@ -114,3 +115,33 @@ def test_sender_sends_committed_ids_and_refuses_unswept_actors(
                 WebhookEvent.outcome.is_not(None))))
 
     wait_until(handled, 10, "the sent event handled by the worker")
+
+
+def test_a_burst_beside_a_busy_event_loop_reaches_the_broker_without_spilling(
+    broker: Any, redis_client: Any
+) -> None:
+    """The sender shares the interpreter lock with an event loop that, under a burst, never
+    lets go of it: after each wait on Redis the sender gets it back only every switch
+    interval. Sent one round trip per job, it kept up with a few hundred jobs a second,
+    and a burst overflowed its backlog onto the sweeper; it sends what queued meanwhile in
+    one round trip instead."""
+    busy = threading.Event()
+
+    def event_loop_under_load() -> None:  # pure-Python work, as parsing and verifying are
+        while busy.is_set():
+            pass
+
+    busy.set()
+    loop = threading.Thread(target=event_loop_under_load)
+    loop.start()
+    sender = SweptJobSender(broker, Actor.PROCESS_WEBHOOK_EVENT, backlog=500)
+    try:
+        for i in range(3000):  # ~2,000 jobs a second, in steps of 20
+            sender.send(f"id-{i}")
+            if i % 20 == 19:
+                time.sleep(0.01)
+    finally:
+        busy.clear()
+        loop.join()
+        sender.close()
+    assert redis_client.llen("dramatiq:default") == 3000
