@@ -81,8 +81,10 @@ class LoopPool:
             await self._idle.pop().close()
 
 
-# Jobs sent in one Redis round trip at most: what queued while the last batch was in flight.
-SEND_BATCH = 500
+# Jobs sent in one Redis round trip at most (what queued while the last batch was in
+# flight): enough to keep up with any burst, few enough that building a batch holds the
+# interpreter lock, so stalls the event loop, for a few milliseconds at most.
+SEND_BATCH = 100
 
 
 def _send_forever(jobs: queue.Queue[str | None], broker: RedisBroker, actor: Actor) -> None:
