@@ -13,13 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
-from uuid import uuid4
 
 import dramatiq
 import structlog
 from dramatiq import Message
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,42 +48,6 @@ def _message(actor_name: str, queue_name: str, args: Sequence[Any]) -> Message[A
 def send(broker: dramatiq.Broker, actor_name: str, *args: Arg, queue_name: str = "default") -> None:
     """Enqueue directly, no outbox (write paths use `worker.enqueue.send_now`, typed)."""
     broker.enqueue(_message(actor_name, queue_name, args))
-
-
-# What dramatiq's `dispatch.lua` takes before a command's own arguments: command, timestamp,
-# queue, broker id, heartbeat timeout, dead-message ttl, whether to do maintenance, max
-# unpack size (read by `fetch` only). `tests/services/test_job_outbox.py` holds `send_many`
-# to what `broker.enqueue` stores, so a dramatiq that changes this fails there first.
-_NO_MAINTENANCE = 0
-_UNUSED_UNPACK_SIZE = 1
-
-
-def send_many(broker: RedisBroker, actor_name: str, args_list: Sequence[Sequence[Arg]], *,
-              queue_name: str = "default") -> None:
-    """Enqueue one message per item of `args_list`, in order, in one Redis round trip.
-
-    Each message is what `broker.enqueue` stores (dramatiq's own enqueue script, once per
-    message, the broker's enqueue hooks around each), only pipelined: for a thread sharing
-    the interpreter lock with a busy event loop, one round trip per message caps its rate.
-    Raises when Redis refuses; then some of the messages may have been stored, so callers
-    rely on a sweeper, as for `send`.
-    """
-    dispatch_script = broker.scripts["dispatch"]
-    keys = [broker.namespace]
-    messages: list[Message[Any]] = []
-    with broker.client.pipeline(transaction=False) as pipe:
-        for args in args_list:
-            message = _message(actor_name, queue_name, args).copy(
-                options={"redis_message_id": str(uuid4())})
-            broker.emit_before("enqueue", message, None)
-            dispatch_script(keys=keys, client=pipe, args=[
-                "enqueue", current_millis(), queue_name, broker.broker_id,
-                broker.heartbeat_timeout, broker.dead_message_ttl, _NO_MAINTENANCE,
-                _UNUSED_UNPACK_SIZE, message.options["redis_message_id"], message.encode()])
-            messages.append(message)
-        pipe.execute()
-    for message in messages:
-        broker.emit_after("enqueue", message, None)
 
 
 def dispatch(sessions: Callable[[], Session], broker: dramatiq.Broker, ids: Sequence[int]) -> int:

@@ -25,9 +25,8 @@ from psycopg.rows import TupleRow
 from sqlalchemy.engine import make_url
 
 from keysync.settings import Settings
-from services import job_outbox
 from services.webhooks.inbox_writer import InboxWriter
-from worker.enqueue import SWEPT_FROM_OWN_TABLE, Actor
+from worker.enqueue import SWEPT_FROM_OWN_TABLE, Actor, send_many_now
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +105,7 @@ def _send_forever(jobs: queue.Queue[str | None], broker: RedisBroker, actor: Act
         ids = [arg for arg in batch if arg is not None]
         if ids:
             try:
-                job_outbox.send_many(broker, actor.value, [(arg,) for arg in ids])
+                send_many_now(broker, actor, [(arg,) for arg in ids])
             except Exception as exc:  # the broker is down: its sweeper re-sends the rows' jobs
                 log.warning("broker unavailable; jobs left for their sweeper",
                             actor=actor.value, jobs=len(ids), error=str(exc))

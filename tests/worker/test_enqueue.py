@@ -3,6 +3,7 @@ actor names are an enum that matches the actors `jobs` declares."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlalchemy.orm import sessionmaker
 from db.models import JobOutbox
 from services import job_outbox
 from worker.broker import create_broker
-from worker.enqueue import Actor, enqueue, send_now
+from worker.enqueue import Actor, enqueue, send_many_now, send_now
 
 
 def _outbox(sessions: Any) -> list[tuple[str, list[Any], int]]:
@@ -155,3 +156,47 @@ def test_send_now_reports_a_refusal(broker: Any, dead_broker: Any, redis_client:
     assert _queued(redis_client) == [("migrate_guest_data", ("sid", "user"))]
     with pytest.raises(redis_lib.ConnectionError):
         send_now(dead_broker, Actor.MIGRATE_GUEST_DATA, "sid", "user")
+
+
+def _stored(redis_client: redis_lib.Redis) -> list[dict[str, Any]]:
+    """The default queue's messages as dramatiq stores them, in queue order."""
+    ids = redis_client.lrange("dramatiq:default", 0, -1)
+    return [json.loads(redis_client.hget("dramatiq:default.msgs", i) or b"") for i in ids]
+
+
+def test_send_many_now_stores_in_order_exactly_what_enqueue_stores(
+    broker: Any, redis_client: Any
+) -> None:
+    send_now(broker, Actor.PROCESS_WEBHOOK_EVENT, "alone")
+    send_many_now(broker, Actor.PROCESS_WEBHOOK_EVENT, [(f"id-{i}",) for i in range(300)])
+    one, *many = _stored(redis_client)
+    assert [m["args"] for m in many] == [[f"id-{i}"] for i in range(300)]
+    fields = {"queue_name", "actor_name", "args", "kwargs", "options", "message_id",
+              "message_timestamp"}
+    for message in [one, *many]:
+        assert message.keys() == fields
+        assert (message["queue_name"], message["actor_name"], message["kwargs"]) == \
+               ("default", "process_webhook_event", {})
+        assert message["options"].keys() == {"redis_message_id"}
+    # Every message has its own redis id, and the list holds exactly those ids.
+    redis_ids = [m["options"]["redis_message_id"] for m in [one, *many]]
+    assert len(set(redis_ids)) == 301
+    assert redis_client.lrange("dramatiq:default", 0, -1) == [i.encode() for i in redis_ids]
+
+    # A consumer takes them in that order and acknowledges them like any other message.
+    consumer = broker.consume("default", prefetch=400, timeout=1000)
+    taken = [next(consumer) for _ in range(301)]
+    assert [m.args for m in taken] == [("alone",), *[(f"id-{i}",) for i in range(300)]]
+    for message in taken:
+        consumer.ack(message)
+    consumer.close()
+    assert redis_client.hlen("dramatiq:default.msgs") == 0
+
+
+def test_send_many_now_raises_when_redis_refuses_and_only_for_swept_actors(
+    broker: Any, dead_broker: Any
+) -> None:
+    with pytest.raises(redis_lib.ConnectionError):
+        send_many_now(dead_broker, Actor.PROCESS_WEBHOOK_EVENT, [("a",), ("b",)])
+    with pytest.raises(ValueError, match="no sweeper"):  # a lost job would stay lost
+        send_many_now(broker, Actor.FULFIL_ORDER, [("order",)])
