@@ -21,7 +21,9 @@ from typing import cast
 
 import dramatiq
 import psycopg
+import redis
 import structlog
+from dramatiq.brokers.redis import RedisBroker
 from psycopg.rows import TupleRow
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,6 +34,7 @@ from services.metrics import WEBHOOK_EVENTS
 from services.orders import status as order_status
 from services.webhooks.schemas import WebhookOutcome
 from worker.enqueue import Actor, enqueue
+from worker.inspect.reader import BrokerInspector
 
 log = structlog.get_logger(__name__)
 
@@ -335,16 +338,25 @@ class SweepResult:
 
 def sweep(
     sessions: sessionmaker[Session],
-    broker: dramatiq.Broker,
+    broker: RedisBroker,
     *,
     min_age_s: float = 30,
     dead_after_s: float = 24 * 3600,
     max_attempts: int = 50,
     limit: int = 500,
+    max_requeued: int = 20_000,
 ) -> SweepResult:
     """Re-enqueue unprocessed events older than `min_age_s` (lost job, broker down, orphan
     whose order may exist now); dead-letter those older than `dead_after_s` or tried
-    `max_attempts` times. Dead events stay in the table, visible, with their last error."""
+    `max_attempts` times. Dead events stay in the table, visible, with their last error.
+
+    The oldest `limit` are re-sent on every run, whether or not their jobs are still
+    queued: a worker that is merely behind gets at most that many harmless duplicates a
+    run. Beyond that, as many more as there are stale events than jobs waiting in the
+    queue (ready, delayed or in progress), up to `max_requeued`: those events cannot all
+    have a job, so a broker outage's stranded backlog is re-sent by the next run, not at
+    `limit` a minute. Redis unreadable: `limit`.
+    """
     with sessions() as session, session.begin():
         dead = session.execute(
             update(WebhookEvent)
@@ -364,19 +376,37 @@ def sweep(
         for event_id in dead:
             log.error("ALERT webhook event dead-lettered", webhook_id=event_id,
                       alert="webhook_dead_letter")
+        stale = (
+            WebhookEvent.processed_at.is_(None),
+            or_(WebhookEvent.outcome.is_(None), WebhookEvent.outcome != WebhookOutcome.DEAD),
+            WebhookEvent.received_at
+            < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, min_age_s),
+        )
+        budget = limit
+        waiting = _jobs_waiting(broker)
+        if waiting is not None:
+            stale_count = session.scalar(select(func.count()).select_from(WebhookEvent)
+                                         .where(*stale)) or 0
+            budget = min(max(limit, stale_count - waiting), max_requeued)
         event_ids = session.scalars(
             select(WebhookEvent.event_id)
-            .where(
-                WebhookEvent.processed_at.is_(None),
-                or_(WebhookEvent.outcome.is_(None), WebhookEvent.outcome != WebhookOutcome.DEAD),
-                WebhookEvent.received_at
-                < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, min_age_s),
-            )
+            .where(*stale)
             .order_by(WebhookEvent.received_at)
-            .limit(limit)
+            .limit(budget)
         ).all()
         for event_id in event_ids:
             enqueue(session, broker, Actor.PROCESS_WEBHOOK_EVENT, event_id)
     if event_ids or dead:
         log.info("webhook sweep", requeued=len(event_ids), dead=len(dead))
     return SweepResult(requeued=len(event_ids), dead=len(dead))
+
+
+def _jobs_waiting(broker: RedisBroker) -> int | None:
+    """Messages of the default queue not yet acknowledged (ready, delayed, in progress), or
+    None when Redis cannot say."""
+    try:
+        depth = BrokerInspector(broker.client, broker.namespace).depth("default")
+    except redis.RedisError as exc:
+        log.warning("queue depth unavailable; sweeping the minimum", error=str(exc))
+        return None
+    return depth.ready + depth.delayed + depth.in_progress

@@ -7,13 +7,13 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 
 from db.models import G2APurchase, G2APurchaseStatus, OrderItem, OrderStatus, WebhookEvent
 from keysync.resources import Resources
@@ -37,6 +37,7 @@ from tests.order_helpers import (
     signed_headers,
     status_body,
 )
+from worker.broker import create_broker
 
 SECRETS = [secret_bytes(s) for s in TEST_SECRETS]
 
@@ -265,6 +266,37 @@ def test_sweeper_requeues_lost_jobs_and_dead_letters(
     assert webhooks.sweep(resources.sessions, resources.broker, min_age_s=0).requeued == 0
     assert_invariants(resources, webhook_grace=False)
 
+
+
+def _stranded(resources: Resources, count: int) -> None:
+    """`count` events stored two minutes ago whose jobs never reached the broker."""
+    received = datetime.now(UTC) - timedelta(minutes=2)
+    with resources.sessions() as s, s.begin():
+        s.execute(insert(WebhookEvent), [
+            {"event_id": f"msg_stranded_{i}", "type": "order.status_changed",
+             "payload": {}, "received_at": received} for i in range(count)])
+
+
+def test_sweeper_resends_a_stranded_backlog_at_once_but_never_doubles_a_live_queue(
+    resources: Resources, redis_client: Any, dead_redis_url: str
+) -> None:
+    _stranded(resources, 1200)
+    # Nothing queued: none of the 1,200 has a job, so one run re-sends them all, not 500.
+    assert webhooks.sweep(resources.sessions, resources.broker, limit=500).requeued == 1200
+    assert redis_client.llen("dramatiq:default") == 1200
+    # Their jobs now wait for a worker that is behind: a run sends only the minimum again.
+    assert webhooks.sweep(resources.sessions, resources.broker, limit=500).requeued == 500
+    assert redis_client.llen("dramatiq:default") == 1700
+    # A run re-sends at most `max_requeued`.
+    redis_client.delete("dramatiq:default", "dramatiq:default.msgs")
+    assert webhooks.sweep(resources.sessions, resources.broker, limit=500,
+                          max_requeued=800).requeued == 800
+    # Redis unreadable: the minimum (the sends fail too, and wait for the next run).
+    dead = create_broker(dead_redis_url)
+    try:
+        assert webhooks.sweep(resources.sessions, dead, limit=500).requeued == 500
+    finally:
+        dead.client.close()
 
 class _CountingCursor(psycopg.Cursor[Any]):
     """psycopg's own cursor, keeping what it sends: SQLAlchemy and the hot path's direct
