@@ -267,7 +267,6 @@ def test_sweeper_requeues_lost_jobs_and_dead_letters(
     assert_invariants(resources, webhook_grace=False)
 
 
-
 def _stranded(resources: Resources, count: int) -> None:
     """`count` events stored two minutes ago whose jobs never reached the broker."""
     received = datetime.now(UTC) - timedelta(minutes=2)
